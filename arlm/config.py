@@ -1,0 +1,131 @@
+"""Typed config schemas and their composition with Hydra.
+
+The dataclasses below are the one home of every default. YAML in `conf/` only selects and overrides:
+a command's root file names its schema and its group options (`data: tiny`, `model: small`, ...), and
+each group file holds a diff against the group's schema. Because the schema is composed first, Hydra
+checks every key and type as it merges, so an unknown key, a wrong type or a missing group option is a
+`ConfigError` (one line, exit 2), and library code receives dataclass instances, never argv.
+
+The `tokenizer`, `model` and `trainer` schemas are the contract that the tokenizer and transformer stages
+fill; `data` is read by `arlm.data.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from arlm.errors import ConfigError
+from arlm.judge import JudgeConfig
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/synth"  # brace pattern, '::' list or folder of .tar files
+    size: str = "64"  # "N" or "HxW": images are resized (shorter side) and cropped to it
+    crop: str = "center"  # center | random
+    batch_size: int = 32
+    num_workers: int = 0
+    shuffle_buffer: int = 1000  # samples held for shuffling; 0 keeps shard order
+    seed: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    quantizer: str = "vq"
+    codebook_size: int = 1024
+    code_dim: int = 8
+    downsample: int = 8
+    channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 512
+    n_layers: int = 8
+    n_heads: int = 8
+    max_seq_len: int = 512
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    log_every: int = 10
+    ckpt_every: int = 500
+    seed: int = 0
+    precision: str = "bf16"  # bf16 | fp32 (autocast; quantizers and losses stay fp32)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class EvalImagesConfig:
+    """`arimg eval images`: judge images against their captions."""
+
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    limit: Optional[int] = None  # judge only the first N items
+    details: Optional[str] = None  # write one JSON line per image (verdict and reason) here
+
+
+# command name -> root schema; conf/<name>.yaml is its root config
+ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig}
+GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
+
+
+def _register() -> None:
+    cs = ConfigStore.instance()
+    for name, schema in ROOTS.items():
+        cs.store(name=f"{name}_schema", node=schema)
+    for group, schema in GROUPS.items():
+        # group files start with `defaults: [<group>_schema]` so that each preset validates on its own too
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+
+
+_register()
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf messages span lines (full_key, object_type, hints): keep what a user needs."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    keep = [ln for ln in lines if ln and not re.match(r"(full_key|object_type|reference_type|value|msg):", ln)]
+    text = "; ".join(dict.fromkeys(keep))  # drop repeats, keep order
+    if isinstance(exc.__cause__, (HydraException, OmegaConfBaseException)):
+        cause = _one_line(exc.__cause__)
+        if cause and cause not in text:
+            text = f"{text}: {cause}"
+    return re.sub(r"\s+", " ", text.replace("\t", " "))
+
+
+def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The resolved, validated config of root `name` (an OmegaConf DictConfig backed by its schema)."""
+    if name not in ROOTS:
+        raise ConfigError(f"no config named {name!r}")
+    try:
+        with initialize_config_module(config_module="conf", version_base=None):
+            cfg = hydra_compose(config_name=name, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"missing config value(s): {', '.join(missing)} (set them as key=value)")
+        return cfg
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_object(cfg: Any) -> Any:
+    """Dataclass instances for library code."""
+    return OmegaConf.to_object(cfg)

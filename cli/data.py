@@ -1,0 +1,55 @@
+"""arimg data: make, pack and inspect shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from arlm import synth
+from arlm.data.inspect import inspect_shards
+from arlm.data.writers import pack, write_synth
+from cli.common import emit, emit_path
+
+app = typer.Typer(help="Make, pack and inspect image shards (webdataset tar: .png/.jpg + .txt + .json).",
+                  no_args_is_help=True)
+
+
+@app.command("synth")
+def synth_cmd(
+    n: int = typer.Option(1000, "--n", help="Number of samples."),
+    size: str = typer.Option("64", help="Image size: N (square) or HxW, e.g. 64x128."),
+    seed: int = typer.Option(0, help="The same seed gives the same bytes."),
+    kinds: str = typer.Option(",".join(synth.KINDS), help="Comma-separated subset of single,count,relation,text."),
+    shard_size: int = typer.Option(1000, help="Samples per shard."),
+    out: Path = typer.Option(Path("data/synth"), help="Output folder."),
+    overwrite: bool = typer.Option(False, help="Replace shards already in the output folder."),
+) -> None:
+    """Write the synthetic data set (shapes, counts, relations, words; SYNTH.md). Prints shard paths."""
+    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    for path in write_synth(out, n, synth.parse_size(size), seed, kind_list, shard_size, overwrite):
+        emit_path(path)
+
+
+@app.command("pack")
+def pack_cmd(
+    src: str = typer.Argument(..., help="Folder of images with same-name .txt captions, or a .jsonl/.csv "
+                                        "manifest with path and caption ('-': JSON lines on stdin)."),
+    out: Path = typer.Argument(..., help="Output folder for the shards."),
+    shard_size: int = typer.Option(1000, help="Samples per shard."),
+    overwrite: bool = typer.Option(False, help="Replace shards already in the output folder."),
+) -> None:
+    """Pack your own captioned images into shards. Prints shard paths; unusable images are skipped and counted."""
+    for path in pack(src, out, shard_size, overwrite):
+        emit_path(path)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    shards: str = typer.Argument(..., help="Shards: a brace pattern, a .tar, or a folder of .tar files."),
+    sheet: Path = typer.Option(Path("contact-sheet.png"), help="Where to write the contact sheet PNG."),
+    sheet_n: int = typer.Option(48, help="Samples on the contact sheet."),
+    limit: int = typer.Option(None, help="Read only the first N samples."),
+) -> None:
+    """Counts, caption and image-size statistics as JSON on stdout, and a contact sheet of the first samples."""
+    emit(inspect_shards(shards, sheet, sheet_n, limit))

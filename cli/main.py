@@ -1,0 +1,61 @@
+"""The `arimg` command. Parsing only: every command calls into arlm.
+
+Errors reach the user as one line on stderr: exit 2 for bad usage or config, 1 for bad input.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import click
+import typer
+
+from arlm.errors import UserError
+from arlm.log import setup_logging
+from cli import data, eval as eval_cmds
+
+app = typer.Typer(
+    help="arimg: autoregressive text-to-image models, from data shards to sampling.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(eval_cmds.app, name="eval")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"arimg: error: {' '.join(str(message).split())}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    try:
+        rc = app(args=argv, prog_name="arimg", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        sys.stderr.write(e.ctx.get_help() + "\n")
+        return 2
+    except click.ClickException as e:
+        hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+        return _fail(e.format_message() + hint, e.exit_code)
+    except UserError as e:
+        return _fail(str(e), e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 0  # the reader went away (`| head`): not an error of ours
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT):
+            return _fail(f"{e.strerror}: {e.filename or ''}", 1)
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
