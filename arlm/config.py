@@ -97,12 +97,13 @@ _register()
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf messages span lines (full_key, object_type, hints): keep what a user needs."""
     lines = [ln.strip() for ln in str(exc).splitlines()]
-    keep = [ln for ln in lines if ln and not re.match(r"(full_key|object_type|reference_type|value|msg):", ln)]
+    # drop OmegaConf's context lines and Hydra's hints to append (+key=...): unknown keys stay errors here
+    keep = [ln for ln in lines if ln and not re.match(r"(full_key|object_type|reference_type|value|msg)[:=]|To append", ln)]
     text = "; ".join(dict.fromkeys(keep))  # drop repeats, keep order
     if isinstance(exc.__cause__, (HydraException, OmegaConfBaseException)):
         cause = _one_line(exc.__cause__)
         if cause and cause not in text:
-            text = f"{text}: {cause}"
+            text = f"{text.rstrip('.')}: {cause}"
     return re.sub(r"\s+", " ", text.replace("\t", " "))
 
 

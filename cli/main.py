@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import sys
 
-import click
 import typer
 
 from arlm.errors import UserError
@@ -34,15 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         rc = app(args=argv, prog_name="arimg", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:
-        sys.stderr.write(e.ctx.get_help() + "\n")
-        return 2
-    except click.ClickException as e:
-        hint = " (see --help)" if isinstance(e, click.UsageError) else ""
-        return _fail(e.format_message() + hint, e.exit_code)
+    except typer.TyperException as e:  # typer's (vendored click) usage errors
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: typer has shown its help already
+            return 2
+        return _fail(e.format_message() + (" (see --help)" if e.exit_code == 2 else ""), e.exit_code)
     except UserError as e:
         return _fail(str(e), e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         return _fail("interrupted", 130)
     except BrokenPipeError:
         return 0  # the reader went away (`| head`): not an error of ours

@@ -86,7 +86,7 @@ class ShardDataset(IterableDataset):
             s = decode(raw, self.skips)
             if s is None:
                 continue
-            image = np.asarray(resize_crop(s.image, self.size, crop_rng))
+            image = np.array(resize_crop(s.image, self.size, crop_rng))  # a writable copy for torch
             yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
                    "meta": s.meta, "key": s.key}
 

@@ -1,0 +1,38 @@
+"""A thin wrapper around the tesseract command line (tesseract-ocr; `make install` installs it).
+
+Tesseract runs as a subprocess, one call per image, so callers may run several reads at once from threads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+
+from PIL import Image
+
+MISSING = "tesseract not found: install tesseract-ocr (make install does)"
+
+
+@lru_cache(maxsize=8)
+def find_tesseract(exe: str = "tesseract") -> str:
+    """Absolute path of the tesseract executable; RuntimeError (one line) when it is not installed."""
+    path = shutil.which(exe)
+    if path is None:
+        raise RuntimeError(MISSING)
+    return path
+
+
+def read_line(image: Image.Image, exe: str = "tesseract", psm: int = 7, whitelist: str = "", timeout: float = 30.0) -> str:
+    """Text tesseract reads in `image` (dark text on a light ground), whitespace removed."""
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    cmd = [find_tesseract(exe), "stdin", "stdout", "--psm", str(psm)]
+    if whitelist:
+        cmd += ["-c", f"tessedit_char_whitelist={whitelist}"]
+    # OMP_THREAD_LIMIT=1: tesseract's own threads only contend with ours (the callers run reads in parallel)
+    out = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=timeout, check=True,
+                         env={**os.environ, "OMP_THREAD_LIMIT": "1"})
+    return "".join(out.stdout.decode("utf-8", "replace").split())
