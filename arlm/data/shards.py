@@ -232,7 +232,10 @@ class ShardWriter:
 def prepare_out_dir(out_dir: str | os.PathLike, prefix: str = "shard", overwrite: bool = False) -> list[Path]:
     """Refuse to mix a new set of shards with an old one; with overwrite, return the old ones to remove
     once the new set is complete (the old set stays readable until then)."""
-    old = sorted(Path(out_dir).glob(f"{prefix}-*.tar")) if Path(out_dir).is_dir() else []
+    out_dir = Path(out_dir)
+    for tmp in out_dir.glob(f"{prefix}-*.tar.tmp"):  # left by a killed writer: incomplete by definition
+        tmp.unlink()
+    old = sorted(out_dir.glob(f"{prefix}-*.tar")) if out_dir.is_dir() else []
     if old and not overwrite:
         raise UserError(f"{out_dir} already holds {len(old)} shard(s); pass --overwrite to replace them")
     return old
