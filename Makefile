@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARIMG := $(VENV)/bin/arimg
 DEMO ?= data/demo
+SYNTH ?= data/synth
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow demo bench clean
@@ -27,9 +28,10 @@ test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
 
 demo: install  ## synthetic set -> contact sheet -> the judge's verdict on it
-	$(ARIMG) data synth --n 2000 --shard-size 500 --out $(DEMO)/synth --overwrite
-	$(ARIMG) data inspect $(DEMO)/synth --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
-	$(ARIMG) eval images $(DEMO)/synth judge.workers=2 > $(DEMO)/judge.json
+	mkdir -p $(DEMO)
+	$(ARIMG) data synth --n 2000 --shard-size 500 --out $(SYNTH) --overwrite
+	$(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
+	$(ARIMG) eval images $(SYNTH) > $(DEMO)/judge.json
 	@cat $(DEMO)/judge.json
 	@echo "contact sheet: $(DEMO)/contact-sheet.png" >&2
 
@@ -37,4 +39,4 @@ bench: install  ## every scripts/bench_*.py
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
 
 clean:  ## remove the virtualenv and demo outputs
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(SYNTH)

@@ -18,8 +18,10 @@ def eval_images(src: str, cfg: EvalImagesConfig) -> dict:
     skips = SkipCounter()
     items: list[Item] = []
 
+    source = iter_items(src, skips)  # opens and checks the source now, before any progress is drawn
+
     def loaded() -> Iterator[Item]:
-        for item in iter_items(src, skips):
+        for item in source:
             try:
                 item.load()
             except Exception:  # any decoder error: count it, judge the rest

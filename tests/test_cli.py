@@ -141,3 +141,32 @@ def test_console_script_and_module_entry(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith("shard-000000.tar")
     r = subprocess.run(exe + ["eval", "images", str(tmp_path), "bogus.key=1"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_images_on_shards_folder_and_stdin_manifest(run_cli, tmp_path, monkeypatch):
+    import io
+    code, _, _ = run_cli("data", "synth", "--n", 12, "--kinds", "single,count,relation", "--out", tmp_path / "s")
+    report = json.loads(run_cli("eval", "images", tmp_path / "s", f"details={tmp_path / 'd.jsonl'}")[1])
+    assert report["n"] == 12 and report["accuracy"] == 1.0 and report["unparsed"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["ok"] for r in rows)
+    # the same images as files, with captions that lie about half of them, through stdin
+    lines = []
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
+        for i in range(12):
+            (tmp_path / f"{i}.png").write_bytes(tar.extractfile(f"{i:08d}.png").read())
+            caption = tar.extractfile(f"{i:08d}.txt").read().decode()
+            lines.append({"path": str(tmp_path / f"{i}.png"), "prompt": caption if i % 2 else "a red circle left of a red square"})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    lines.append({"path": str(tmp_path / "broken.png"), "prompt": "a red circle"})
+    lines.append({"path": str(tmp_path / "0.png"), "prompt": "a cat on a mat"})
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(json.dumps(x) for x in lines) + "\n"))
+    code, out, err = run_cli("eval", "images", "-")
+    report = json.loads(out)
+    assert code == 0 and report["n"] == 13 and report["correct"] == 6 and report["unparsed"] == 1
+    assert report["skipped"] == {"corrupt image": 1}
+
+
+def test_eval_images_missing_source(run_cli, tmp_path):
+    code, out, err = run_cli("eval", "images", tmp_path / "nothing.jsonl")
+    assert code == 1 and out == "" and "no such manifest" in err and err.count("\n") == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from arlm.data.shards import SkipCounter, read_shards
+from arlm.data.shards import SkipCounter, expand, read_shards
 from arlm.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -64,9 +64,14 @@ def _file_item(path: Path, caption: str, meta: dict, skips: SkipCounter) -> Item
 
 
 def iter_folder(folder: Path, skips: SkipCounter) -> Iterator[Item]:
+    # list eagerly: an empty folder fails before any work or progress starts
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
         raise UserError(f"no images in folder {folder}")
+    return _folder_items(paths, skips)
+
+
+def _folder_items(paths: list[Path], skips: SkipCounter) -> Iterator[Item]:
     for p in paths:
         meta: dict = {}
         if p.with_suffix(".json").is_file():
@@ -81,19 +86,22 @@ def iter_folder(folder: Path, skips: SkipCounter) -> Iterator[Item]:
 
 
 def _manifest_rows(src: str) -> Iterator[tuple[int, dict | None]]:
+    """(line number, row or None) of a manifest; opened and checked now, read lazily."""
     if src == "-":
-        lines, csv_mode = sys.stdin, False
-    else:
-        path = Path(src)
-        if not path.is_file():
-            raise UserError(f"no such manifest: {src}")
-        lines, csv_mode = path.open(encoding="utf-8", newline=""), path.suffix.lower() == ".csv"
-    if csv_mode:
-        reader = csv.DictReader(lines)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise UserError(f"{src}: a CSV manifest needs a header with 'path' and 'caption' columns")
-        yield from enumerate(reader, start=2)
-        return
+        return _json_rows(sys.stdin)
+    path = Path(src)
+    if not path.is_file():
+        raise UserError(f"no such manifest: {src}")
+    f = path.open(encoding="utf-8", newline="")
+    if path.suffix.lower() != ".csv":
+        return _json_rows(f)
+    reader = csv.DictReader(f)
+    if not reader.fieldnames or "path" not in reader.fieldnames:
+        raise UserError(f"{src}: a CSV manifest needs a header with 'path' and 'caption' columns")
+    return enumerate(reader, start=2)
+
+
+def _json_rows(lines) -> Iterator[tuple[int, dict | None]]:
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -106,7 +114,11 @@ def _manifest_rows(src: str) -> Iterator[tuple[int, dict | None]]:
 
 def iter_manifest(src: str, skips: SkipCounter) -> Iterator[Item]:
     base = Path.cwd() if src == "-" else Path(src).parent
-    for n, row in _manifest_rows(src):
+    return _manifest_items(src, _manifest_rows(src), base, skips)
+
+
+def _manifest_items(src: str, rows, base: Path, skips: SkipCounter) -> Iterator[Item]:
+    for n, row in rows:
         where = f"{src}:{n}"
         if row is None or not row.get("path"):
             skips.add("no image", f"{where} (not a JSON object with a 'path')")
@@ -126,20 +138,20 @@ def _is_shards(src: str) -> bool:
 
 
 def iter_files(src: str, skips: SkipCounter) -> Iterator[Item]:
-    """Items of a folder of images or of a manifest ('-': JSON lines on stdin)."""
+    """Items of a folder of images or of a manifest ('-': JSON lines on stdin). The source is opened and
+    checked on the call, so a bad one fails before any work starts; items are read lazily."""
     path = Path(src)
     if src == "-" or path.suffix.lower() in (".jsonl", ".json", ".csv"):
-        yield from iter_manifest(src, skips)
-    elif path.is_dir() and not _is_shards(src):
-        yield from iter_folder(path, skips)
-    else:
-        raise UserError(f"expected a folder of images or a .jsonl/.csv manifest, got {src}")
+        return iter_manifest(src, skips)
+    if path.is_dir() and not _is_shards(src):
+        return iter_folder(path, skips)
+    raise UserError(f"expected a folder of images or a .jsonl/.csv manifest, got {src}")
 
 
 def iter_items(src: str, skips: SkipCounter) -> Iterator[Item]:
-    """Items of shards, a folder of images or a manifest, whichever `src` is."""
+    """Items of shards, a folder of images or a manifest, whichever `src` is (checked on the call)."""
     if src != "-" and _is_shards(src):
-        for s in read_shards(src, skips):
-            yield Item(where=f"{s.url}:{s.key}", caption=s.caption, meta=s.meta or {}, image=s.image)
-    else:
-        yield from iter_files(src, skips)
+        urls = expand(src)
+        return (Item(where=f"{s.url}:{s.key}", caption=s.caption, meta=s.meta or {}, image=s.image)
+                for s in read_shards(urls, skips))
+    return iter_files(src, skips)

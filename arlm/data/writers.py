@@ -78,11 +78,12 @@ def write_synth(out: str | Path, n: int, size: tuple[int, int], seed: int = 0, k
 
 def pack(src: str, out: str | Path, shard_size: int = 1000, overwrite: bool = False) -> Iterator[Path]:
     """Shards from a folder of images with .txt captions, or a JSONL/CSV manifest (path, caption)."""
-    old = prepare_out_dir(out, overwrite=overwrite)
     skips = SkipCounter()
+    items = iter_files(src, skips)  # opens and checks the source now
+    old = prepare_out_dir(out, overwrite=overwrite)
 
     def samples():
-        for i, item in enumerate(iter_files(src, skips)):
+        for i, item in enumerate(items):
             try:
                 image = Image.open(io.BytesIO(item.data))
                 image.load()
