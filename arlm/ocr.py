@@ -25,7 +25,8 @@ def find_tesseract(exe: str = "tesseract") -> str:
     return path
 
 
-def read_line(image: Image.Image, exe: str = "tesseract", psm: int = 7, whitelist: str = "", timeout: float = 30.0) -> str:
+def read_line(image: Image.Image, exe: str = "tesseract", psm: int = 7, whitelist: str = "",
+              timeout: float = 30.0) -> str:
     """Text tesseract reads in `image` (dark text on a light ground), whitespace removed."""
     buf = io.BytesIO()
     image.save(buf, "PNG")
