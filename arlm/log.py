@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# piped stderr (CI logs, `2> file`) gets long lines rather than rich's 80-column wrapping
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 log = logging.getLogger("arimg")
 
 
