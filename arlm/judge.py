@@ -1,4 +1,4 @@
-"""The judge: does an image show what its caption says? For the synthetic caption grammar (shared/SYNTH.md).
+"""The judge: does an image show what its caption says? For the synthetic caption grammar (docs/synth.md).
 
 It measures every later stage (tokenizer reconstructions, generated images), so it sees only the pixels and
 the caption, tolerates mild noise, blur, JPEG and colour drift, and rejects wrong content. Method:

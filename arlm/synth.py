@@ -1,12 +1,12 @@
 """The synthetic data set: captioned images whose content a program can check.
 
-The spec is ../shared/DESIGN.md's companion SYNTH.md; this file is its one implementation and the one home
-of the palette, the shapes and the caption grammar (the judge imports them from here).
+The spec is docs/synth.md; this file is its one implementation and the one home of the palette, the
+shapes and the caption grammar (the judge imports them from here).
 
 Every sample is a pure function of (seed, index): its own seed is drawn from numpy's SeedSequence of the
 pair, and the record stores that seed, so an image can be redrawn from it (given the same size and
-kinds); the output does not depend on how the work is split. Shapes and text are drawn without anti-aliasing, so object
-pixels carry exact palette colours; only the background gets noise or a gradient.
+kinds); the output does not depend on how the work is split. Shapes and text are drawn without
+anti-aliasing, so object pixels carry exact palette colours; only the background gets noise or a gradient.
 
 Sizes are (H, W) throughout; the record's "size" is [H, W] and "bbox" is [x0, y0, x1, y1], x1/y1 exclusive.
 """
@@ -17,11 +17,11 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from arlm.assets import bold_font, read_text
 from arlm.errors import UserError
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -73,14 +73,7 @@ def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
 
 @lru_cache(maxsize=1)
 def words() -> tuple[str, ...]:
-    text = resources.files("arlm.assets").joinpath("words.txt").read_text()
-    return tuple(w for w in text.split() if w)
-
-
-@lru_cache(maxsize=64)
-def _font(px: int) -> ImageFont.FreeTypeFont:
-    path = resources.files("arlm.assets").joinpath("DejaVuSans-Bold.ttf")
-    return ImageFont.truetype(str(path), px)
+    return tuple(read_text("words.txt").split())
 
 
 @lru_cache(maxsize=4096)
@@ -90,7 +83,7 @@ def _fit_font(word: str, h: int, w: int) -> int:
     lo, hi = 4, 2 * h
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        x0, y0, x1, y1 = _font(mid).getbbox(word)
+        x0, y0, x1, y1 = bold_font(mid).getbbox(word)
         if x1 - x0 <= w - 2 * margin and y1 - y0 <= h - 2 * margin:
             lo = mid
         else:
@@ -205,7 +198,7 @@ def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS) 
     objects, relation, word = [], None, None
     if kind == "text":
         word, color = pick(words()), pick(colors)
-        font = _font(_fit_font(word, h, w))
+        font = bold_font(_fit_font(word, h, w))
         x0, y0, x1, y1 = font.getbbox(word)
         draw.fontmode = "1"  # no anti-aliasing: glyph pixels carry the exact palette colour
         draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=COLORS[color], font=font)

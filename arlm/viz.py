@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from functools import lru_cache
-from importlib import resources
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-
-@lru_cache(maxsize=8)
-def _label_font(px: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(resources.files("arlm.assets").joinpath("DejaVuSans-Bold.ttf")), px)
+from arlm.assets import bold_font
 
 
 def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None = None, cols: int = 8,
@@ -23,7 +18,7 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None 
     cols = max(1, min(cols, len(images)))
     rows = (len(images) + cols - 1) // cols
     px = max(8, cell // 12)
-    font = _label_font(px)
+    font = bold_font(px)
     label_h = (px + 2) * label_lines if captions else 0
     pad = 4
     sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + label_h + pad) + pad), (255, 255, 255))
