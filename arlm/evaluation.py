@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
+from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
 
@@ -16,9 +18,8 @@ from arlm.log import progress
 
 def eval_images(src: str, cfg: EvalImagesConfig) -> dict:
     skips = SkipCounter()
-    items: list[Item] = []
-
     source = iter_items(src, skips)  # opens and checks the source now, before any progress is drawn
+    pending: deque[Item] = deque()  # items whose verdict is still to come (judge_many keeps input order)
 
     def loaded() -> Iterator[Item]:
         for item in source:
@@ -27,25 +28,24 @@ def eval_images(src: str, cfg: EvalImagesConfig) -> dict:
             except Exception:  # any decoder error: count it, judge the rest
                 skips.add("corrupt image", item.where)
                 continue
-            items.append(item)
+            pending.append(item)
             yield item
 
     stream = loaded() if cfg.limit is None else islice(loaded(), cfg.limit)
     verdicts = []
-    details = Path(cfg.details).open("w") if cfg.details else None
-    try:
-        with progress() as bar:
-            task = bar.add_task("judge", total=cfg.limit, info="")
-            for i, v in enumerate(judge_many(((it.image, it.caption) for it in stream), cfg.judge)):
-                verdicts.append(v)
-                bar.update(task, advance=1, info=f"{sum(x.ok for x in verdicts) / len(verdicts):.1%} ok")
-                if details:
-                    row = {"where": items[i].where, "caption": items[i].caption, "ok": v.ok, "kind": v.kind,
-                           "reason": v.reason}
-                    details.write(json.dumps(row) + "\n")
-    finally:
-        if details:
-            details.close()
+    ok = 0
+    with ExitStack() as stack:
+        details = stack.enter_context(Path(cfg.details).open("w")) if cfg.details else None
+        bar = stack.enter_context(progress())
+        task = bar.add_task("judge", total=cfg.limit, info="")
+        for v in judge_many(((it.image, it.caption) for it in stream), cfg.judge):
+            item = pending.popleft()
+            verdicts.append(v)
+            ok += v.ok
+            bar.update(task, advance=1, info=f"{ok / len(verdicts):.1%} ok")
+            if details:
+                row = {"where": item.where, "caption": item.caption, "ok": v.ok, "kind": v.kind, "reason": v.reason}
+                details.write(json.dumps(row) + "\n")
     report = summarize(verdicts)
     report["skipped"] = skips.as_dict()
     skips.log_summary()

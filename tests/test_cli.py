@@ -170,3 +170,9 @@ def test_eval_images_on_shards_folder_and_stdin_manifest(run_cli, tmp_path, monk
 def test_eval_images_missing_source(run_cli, tmp_path):
     code, out, err = run_cli("eval", "images", tmp_path / "nothing.jsonl")
     assert code == 1 and out == "" and "no such manifest" in err and err.count("\n") == 1
+
+
+def test_eval_images_without_tesseract_is_one_line(run_cli, tmp_path):
+    run_cli("data", "synth", "--n", 4, "--kinds", "text", "--out", tmp_path)
+    code, out, err = run_cli("eval", "images", tmp_path, "judge.tesseract=/nonexistent/tesseract")
+    assert code == 1 and out == "" and err.strip().splitlines()[-1].startswith("arimg: error: tesseract not found")

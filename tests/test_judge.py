@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from arlm import synth
+from arlm.errors import UserError
 from arlm.judge import OUTSIDE, Expectation, JudgeConfig, judge, judge_many, parse_caption, summarize
 
 CFG = JudgeConfig()
@@ -219,7 +220,7 @@ def test_rejects_blank_and_objects_for_text():
 def test_missing_tesseract_is_one_clear_error():
     cfg = JudgeConfig(tesseract="no-such-tesseract-binary")
     s = one("text")
-    with pytest.raises(RuntimeError, match=r"^tesseract not found: install tesseract-ocr \(make install does\)$"):
+    with pytest.raises(UserError, match=r"^tesseract not found: install tesseract-ocr \(make install does\)$"):
         judge(s.image, s.caption, cfg)
     assert judge(one("single").image, one("single").caption, cfg).ok  # objects need no OCR
     assert judge(s.image, s.caption, JudgeConfig(ocr=False, tesseract="no-such-tesseract-binary")).ok

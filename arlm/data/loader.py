@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from arlm.config import DataConfig
-from arlm.errors import ConfigError
+from arlm.errors import ConfigError, UserError
 from arlm.data.shards import SkipCounter, decode, expand, raw_samples
 from arlm.log import log
 from arlm.synth import parse_size
@@ -118,7 +118,7 @@ class ShardDataset(IterableDataset):
             if not self.repeat:
                 return
             if n == 0:
-                raise RuntimeError(f"reader {self._reader()[0]} got no usable sample from {len(self.urls)} shard(s)")
+                raise UserError(f"reader {self._reader()[0]} got no usable sample from {len(self.urls)} shard(s)")
             epoch += 1
 
 
