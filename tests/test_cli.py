@@ -176,3 +176,28 @@ def test_eval_images_without_tesseract_is_one_line(run_cli, tmp_path):
     run_cli("data", "synth", "--n", 4, "--kinds", "text", "--out", tmp_path)
     code, out, err = run_cli("eval", "images", tmp_path, "judge.tesseract=/nonexistent/tesseract")
     assert code == 1 and out == "" and err.strip().splitlines()[-1].startswith("arimg: error: tesseract not found")
+
+
+def test_sigkill_while_writing_leaves_only_complete_shards(tmp_path):
+    import os
+    import signal
+    import time
+
+    from arlm.data.shards import SkipCounter, read_shards
+
+    out = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "data", "synth", "--n", "100000", "--shard-size", "200",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    first = proc.stdout.readline()  # a path is printed once its shard is complete
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.strip().endswith(b"shard-000000.tar")
+    shards = sorted(out.glob("*.tar"))
+    skips = SkipCounter()
+    assert sum(1 for _ in read_shards([str(p) for p in shards], skips)) == 200 * len(shards)
+    assert skips.total == 0
+    # a rerun clears the dead writer's temp file
+    r = subprocess.run([sys.executable, "-m", "cli.main", "data", "synth", "--n", "10", "--out", str(out), "--overwrite"],
+                       capture_output=True)
+    assert r.returncode == 0 and [p.name for p in out.iterdir()] == ["shard-000000.tar"]
