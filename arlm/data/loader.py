@@ -149,12 +149,14 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict]:
         joined = not self.repeat and self.world_size > 1 and dist.is_available() and dist.is_initialized()
+        # NCCL reduces CUDA tensors only
+        device = f"cuda:{torch.cuda.current_device()}" if joined and dist.get_backend() == "nccl" else "cpu"
         it = iter(self.loader)
         while True:
             batch = next(it, None)
             if joined:
                 # all ranks stop at the shortest stream: one tiny all-reduce per batch
-                flag = torch.tensor([0 if batch is None else 1])
+                flag = torch.tensor([0 if batch is None else 1], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
                 if flag.item() == 0:
                     left = (0 if batch is None else len(batch["key"])) + sum(len(b["key"]) for b in it)

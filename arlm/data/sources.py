@@ -34,12 +34,14 @@ class Item:
     meta: dict
     data: bytes | None = None  # the file's bytes (folder and manifest sources)
     image: Image.Image | None = None  # decoded RGB (shard sources, and after `load`)
+    format: str | None = None  # the file's format as Pillow names it (PNG, JPEG, ...), after `load`
 
     def load(self) -> Image.Image:
         """Decode (once); raises on a corrupt image."""
         if self.image is None:
             image = Image.open(io.BytesIO(self.data))
-            image.load()
+            image.load()  # decoding is lazy: force it so that truncated data fails here
+            self.format = image.format
             self.image = image.convert("RGB")
         return self.image
 

@@ -7,15 +7,12 @@ shards of the same name are replaced one by one (atomically) and leftover ones r
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-from PIL import Image
 
 from arlm import synth
 from arlm.data.shards import ShardWriter, SkipCounter, encode_png, prepare_out_dir
@@ -85,13 +82,12 @@ def pack(src: str, out: str | Path, shard_size: int = 1000, overwrite: bool = Fa
     def samples():
         for i, item in enumerate(items):
             try:
-                image = Image.open(io.BytesIO(item.data))
-                image.load()
+                image = item.load()
             except Exception:  # any decoder error: this file is not a usable image
                 skips.add("corrupt image", item.where)
                 continue
-            fmt = KEEP_FORMATS.get(image.format or "")
-            data = item.data if fmt else encode_png(image.convert("RGB"))
+            fmt = KEEP_FORMATS.get(item.format or "")
+            data = item.data if fmt else encode_png(image)
             meta = {**item.meta, "source": item.where, "width": image.width, "height": image.height}
             files = {fmt or "png": data, "txt": item.caption.encode("utf-8"), "json": json.dumps(meta).encode()}
             yield f"{i:08d}", files
