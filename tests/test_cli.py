@@ -9,7 +9,6 @@ import tarfile
 import pytest
 from PIL import Image
 
-from arlm import synth
 
 
 def test_synth_twice_gives_identical_shards_and_prints_paths(run_cli, tmp_path):
