@@ -89,3 +89,31 @@ def test_two_ranks_under_gloo_take_the_same_number_of_batches(tmp_path, synth_di
     assert len({len(p) for p in parts}) == 1 and len(parts[0]) == 3
     keys = [k for p in parts for b in p for k in b]
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("crop", ["center", "random"])
+def test_resume_continues_the_same_stream(synth_dir, workers, crop):
+    import io
+
+    cfg = _cfg(synth_dir, shuffle_buffer=10, seed=3, num_workers=workers, crop=crop, size="24x20")
+    first = ShardLoader(cfg, repeat=True)
+    it = iter(first)
+    for _ in range(13):  # past the end of the first epoch (48 samples) for every worker
+        next(it)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)  # plain data: loads with weights_only=True
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    expected = [next(it) for _ in range(6)]
+    resumed = ShardLoader(cfg, repeat=True)
+    resumed.load_state_dict(state)
+    got = [b for _, b in zip(range(6), resumed)]
+    assert [b["key"] for b in got] == [b["key"] for b in expected]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, expected))
+
+
+def test_resume_refuses_another_reader_layout(synth_dir):
+    state = ShardLoader(_cfg(synth_dir, num_workers=2), repeat=True).state_dict()
+    from arlm.errors import ConfigError
+    with pytest.raises(ConfigError, match="resume"):
+        ShardLoader(_cfg(synth_dir, num_workers=0), repeat=True).load_state_dict(state)

@@ -10,6 +10,11 @@ Every rank must take the same number of optimizer steps. With `repeat=True` (tra
 ends, so steps are counted by the trainer. With `repeat=False` (one pass: pre-tokenizing, evaluation),
 each rank asks all ranks after every batch whether they still have one, and all stop together at the
 shortest; the few samples this drops are logged.
+
+Resume: `ShardLoader.state_dict()` records, per reader, how many raw samples lie behind the batches handed
+out; `load_state_dict` makes a new loader skip them (read, not decoded) and go on with exactly the batches
+the interrupted run would have seen next: shuffling is seeded per (seed, epoch, reader), shuffles raw
+samples before decoding, and random crops are seeded per sample.
 """
 
 from __future__ import annotations
@@ -62,41 +67,34 @@ class ShardDataset(IterableDataset):
             raise ConfigError(f"data.crop must be center or random, got {cfg.crop!r}")
         self.skips = SkipCounter()
         self.epoch = 0
+        self.skip: dict[int, int] = {}  # reader -> raw samples already consumed (set on resume)
+        self.rotate = 0  # worker w reads as reader w + rotate (set on resume: see ShardLoader.load_state_dict)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _reader(self) -> tuple[int, int]:
         info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        workers, worker = (info.num_workers, (info.id + self.rotate) % info.num_workers) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
 
-    def _one_pass(self, epoch: int) -> Iterator[dict]:
-        reader, readers = self._reader()
-        rng = random.Random(f"crop-{self.cfg.seed}-{epoch}-{reader}")  # str seeds are stable across processes
+    def _raw_pass(self, epoch: int, reader: int, readers: int) -> Iterator[dict]:
+        """This reader's undecoded samples of one epoch, shuffled: decoding comes after, so a resumed run
+        can skip what it has already consumed without decoding it."""
         urls = list(self.urls)
         if self.cfg.shuffle_buffer > 0:
             random.Random(f"shards-{self.cfg.seed}-{epoch}").shuffle(urls)  # same order on every reader
-        by_shard = len(urls) >= readers
-        raws = raw_samples(urls[reader::readers] if by_shard else urls, self.skips)
-        crop_rng = rng if self.cfg.crop == "random" else None
-        for i, raw in enumerate(raws):
-            if not by_shard and i % readers != reader:
-                continue
-            s = decode(raw, self.skips)
-            if s is None:
-                continue
-            image = np.array(resize_crop(s.image, self.size, crop_rng))  # a writable copy for torch
-            yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
-                   "meta": s.meta, "key": s.key}
+        if len(urls) >= readers:
+            raws = raw_samples(urls[reader::readers], self.skips)
+        else:
+            raws = (r for i, r in enumerate(raw_samples(urls, self.skips)) if i % readers == reader)
+        return self._shuffled(raws, random.Random(f"buffer-{self.cfg.seed}-{epoch}-{reader}"))
 
-    def _shuffled(self, samples: Iterator[dict], epoch: int) -> Iterator[dict]:
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         n = self.cfg.shuffle_buffer
         if n <= 0:
             yield from samples
             return
-        reader, _ = self._reader()
-        rng = random.Random(f"buffer-{self.cfg.seed}-{epoch}-{reader}")
         buf: list[dict] = []
         for s in samples:
             if len(buf) < n:
@@ -109,16 +107,28 @@ class ShardDataset(IterableDataset):
         yield from buf
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
+        reader, readers = self._reader()
+        skip, pos, epoch = self.skip.get(reader, 0), 0, self.epoch
         while True:
-            n = 0
-            for s in self._shuffled(self._one_pass(epoch), epoch):
-                n += 1
-                yield s
+            yielded = skipped = 0
+            for raw in self._raw_pass(epoch, reader, readers):
+                pos += 1  # this reader's raw samples so far, over epochs: the resume position
+                if pos <= skip:
+                    skipped += 1
+                    continue
+                s = decode(raw, self.skips)
+                if s is None:
+                    continue
+                # str seeds are stable across processes; one per sample, so skipping keeps the crops
+                crop_rng = random.Random(f"crop-{self.cfg.seed}-{reader}-{pos}") if self.cfg.crop == "random" else None
+                image = np.array(resize_crop(s.image, self.size, crop_rng))  # a writable copy for torch
+                yielded += 1
+                yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
+                       "meta": s.meta, "key": s.key, "pos": (reader, pos)}
             if not self.repeat:
                 return
-            if n == 0:
-                raise UserError(f"reader {self._reader()[0]} got no usable sample from {len(self.urls)} shard(s)")
+            if yielded == 0 and skipped == 0:
+                raise UserError(f"reader {reader} got no usable sample from {len(self.urls)} shard(s)")
             epoch += 1
 
 
@@ -128,6 +138,7 @@ def collate(samples: list[dict]) -> dict:
         "caption": [s["caption"] for s in samples],
         "meta": [s["meta"] for s in samples],
         "key": [s["key"] for s in samples],
+        "pos": [s["pos"] for s in samples],
     }
 
 
@@ -142,10 +153,31 @@ class ShardLoader:
         self.repeat = repeat
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                  collate_fn=collate, drop_last=drop_last, persistent_workers=False)
+        self.positions: dict[int, int] = {}  # reader -> raw samples behind the batches handed out so far
+        self.batches = 0
 
     @property
     def skips(self) -> SkipCounter:
         return self.dataset.skips
+
+    def state_dict(self) -> dict:
+        """Where the stream stands after the last batch handed out (prefetched batches do not count):
+        plain ints, so it goes into a checkpoint that loads with torch.load(weights_only=True)."""
+        return {"epoch": self.dataset.epoch, "num_workers": self.loader.num_workers, "world_size": self.world_size,
+                "batches": self.batches, "positions": sorted([r, p] for r, p in self.positions.items())}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after the batches of `state`: the next batch is the one an uninterrupted run gets."""
+        if (state["num_workers"], state["world_size"]) != (self.loader.num_workers, self.world_size):
+            raise ConfigError(f"cannot resume a data stream read by {state['world_size']} rank(s) x "
+                              f"{state['num_workers']} worker(s) with {self.world_size} x {self.loader.num_workers}")
+        self.dataset.epoch = state["epoch"]
+        self.positions = {int(r): int(p) for r, p in state["positions"]}
+        self.dataset.skip = dict(self.positions)
+        self.batches = int(state["batches"])
+        # DataLoader takes batches from its workers in turn, starting with worker 0; the next batch of the
+        # interrupted run was due from worker (batches mod workers), so the workers take their roles rotated
+        self.dataset.rotate = self.batches % max(1, self.loader.num_workers)
 
     def __iter__(self) -> Iterator[dict]:
         joined = not self.repeat and self.world_size > 1 and dist.is_available() and dist.is_initialized()
@@ -165,5 +197,8 @@ class ShardLoader:
                     break
             elif batch is None:
                 break
+            for reader, pos in batch["pos"]:
+                self.positions[reader] = max(pos, self.positions.get(reader, 0))
+            self.batches += 1
             yield batch
         self.skips.log_summary()
