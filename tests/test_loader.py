@@ -117,3 +117,17 @@ def test_resume_refuses_another_reader_layout(synth_dir):
     from arlm.errors import ConfigError
     with pytest.raises(ConfigError, match="resume"):
         ShardLoader(_cfg(synth_dir, num_workers=0), repeat=True).load_state_dict(state)
+
+
+def test_under_torchrun(tmp_path, synth_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).parent / "torchrun_loader_probe.py"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(probe), str(synth_dir), str(tmp_path)], check=True, capture_output=True, timeout=120)
+    parts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 6  # 2 shards of 12 per rank, batches of 4
+    keys = [k for p in parts for b in p for k in b]
+    assert len(keys) == len(set(keys)) == 48
