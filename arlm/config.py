@@ -64,7 +64,8 @@ class TrainerConfig:
     log_every: int = 10
     ckpt_every: int = 500
     seed: int = 0
-    precision: str = "bf16"  # bf16 | fp32 (autocast; quantizers and losses stay fp32)
+    # auto: bf16 on CUDA, and on a CPU whichever matmul measures faster (arlm.perf); quantizers and losses fp32
+    precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
 
 
