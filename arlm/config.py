@@ -39,13 +39,47 @@ class DataConfig:
 
 
 @dataclass
+class TokenizerLossConfig:
+    """What the tokenizer stage optimises: the VQ-VAE stage uses the first block, the VQ-GAN stage adds the rest."""
+
+    l1: float = 1.0
+    l2: float = 0.0
+    codebook: float = 1.0  # weight of the quantizer's own losses (commitment, codebook, entropy)
+    perceptual: float = 0.0
+    perceptual_weights: Optional[str] = None  # local LPIPS-style weights; none: the weight-free fallback
+    disc_weight: float = 0.0  # 0 = no discriminator (the VQ-VAE stage)
+    disc_start: int = 0  # generator's adversarial term and discriminator updates start at this step
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    adaptive: bool = True  # taming's weight: ||grad rec|| / ||grad gan|| at the decoder's last layer
+    lecam: float = 0.0  # LeCAM regularisation of the discriminator (Tseng et al., 2021)
+
+
+@dataclass
 class TokenizerConfig:
-    quantizer: str = "vq"
-    codebook_size: int = 1024
-    code_dim: int = 8
-    downsample: int = 8
+    """The autoencoder and its quantizer (arlm.tokenizer.model); `loss` is how the stage trains it."""
+
+    quantizer: str = "vq"  # vq | fsq | lfq
+    codebook_size: int = 1024  # vq only: fsq has prod(fsq_levels) codes, lfq 2^code_dim
+    code_dim: int = 8  # the quantizer's dimensions (LlamaGen: 8)
+    downsample: int = 8  # 4, 8 or 16 = 2^(len(channel_mult) - 1)
     channels: int = 64
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 1  # per level
+    norm: str = "group"  # group | none
+    mid_attn: bool = False  # self-attention at the lowest resolution
+    stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size
+    # vq: l2-normalised codes, commitment weight, EMA codebook, k-means init, dead-code restart
+    beta: float = 0.25
+    l2norm: bool = True
+    ema: bool = False
+    decay: float = 0.99
+    kmeans_init: bool = True
+    dead_threshold: float = 0.0  # restart a code used fewer times per batch (moving average) than this
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    entropy_weight: float = 0.1  # lfq
+    loss: TokenizerLossConfig = field(default_factory=lambda: TokenizerLossConfig())
 
 
 @dataclass
@@ -60,13 +94,34 @@ class ModelConfig:
 class TrainerConfig:
     max_steps: int = 1000
     lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 10
+    image_every: int = 200  # reconstruction / sample grids and loss plots
     ckpt_every: int = 500
+    keep_checkpoints: int = 2  # the newest N are kept
     seed: int = 0
     # auto: bf16 on CUDA, and on a CPU whichever matmul measures faster (arlm.perf); quantizers and losses fp32
     precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainTokenizerConfig:
+    """`arimg train-tokenizer`: the VQ-VAE stage (tokenizer=vqvae), then the VQ-GAN stage (tokenizer=vqgan
+    init_from=RUN)."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run_dir: str = "runs/tokenizer"
+    init_from: Optional[str] = None  # run or checkpoint dir whose weights start this run (same architecture)
+    resume: bool = False  # continue the run in run_dir from its latest checkpoint
+    overwrite: bool = False  # start afresh in a run_dir that already holds checkpoints
 
 
 @dataclass
@@ -79,7 +134,7 @@ class EvalImagesConfig:
 
 
 # command name -> root schema; conf/<name>.yaml is its root config
-ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig}
+ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "train_tokenizer": TrainTokenizerConfig}
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 
 

@@ -36,3 +36,53 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None 
             for j, line in enumerate(lines):
                 draw.text((x, y + cell + 1 + j * (px + 2)), line, fill=(20, 20, 20), font=font)
     return sheet
+
+
+PLOT_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+
+
+def line_plot(rows: Sequence[dict], keys: Sequence[str], path, log_y: bool = False, x_key: str = "step",
+              size: tuple[int, int] = (640, 360)) -> None:
+    """Curves of `keys` against `x_key` from metric rows (missing keys skipped), with axes and a legend.
+    Drawn with Pillow so that plots need no plotting library."""
+    import math
+
+    series = {k: [(r[x_key], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and
+                  math.isfinite(r[k]) and (r[k] > 0 or not log_y)] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    w, h = size
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = bold_font(11)
+    left, right, top, bottom = 60, 10, 24, 26
+    if not series:
+        draw.text((left, top), "no data yet", fill=(0, 0, 0), font=font)
+        img.save(path)
+        return
+    f = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    xs = [x for s in series.values() for x, _ in s]
+    ys = [f(y) for s in series.values() for _, y in s]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (f(y) - y0) / (y1 - y0) * (h - top - bottom))
+
+    draw.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    for i in range(5):  # y ticks
+        yv = y0 + (y1 - y0) * i / 4
+        yy = h - bottom - (yv - y0) / (y1 - y0) * (h - top - bottom)
+        label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
+        draw.line([left - 4, yy, left, yy], fill=(0, 0, 0))
+        draw.text((4, yy - 6), label, fill=(0, 0, 0), font=font)
+    for i in range(5):  # x ticks
+        xv = x0 + (x1 - x0) * i / 4
+        xx = left + (xv - x0) / (x1 - x0) * (w - left - right)
+        draw.line([xx, h - bottom, xx, h - bottom + 4], fill=(0, 0, 0))
+        draw.text((xx - 10, h - bottom + 6), f"{xv:.0f}", fill=(0, 0, 0), font=font)
+    for i, (k, pts) in enumerate(series.items()):
+        colour = PLOT_COLOURS[i % len(PLOT_COLOURS)]
+        draw.line([px(x, y) for x, y in pts] if len(pts) > 1 else [px(*pts[0]), px(*pts[0])], fill=colour, width=2)
+        draw.text((left + 8 + 90 * i, 6), k, fill=colour, font=font)
+    draw.text((w - right - 40, h - 14), x_key, fill=(0, 0, 0), font=font)
+    img.save(path)

@@ -32,3 +32,19 @@ def emit(obj: Any) -> None:
 def emit_path(path: Any) -> None:
     sys.stdout.write(f"{path}\n")
     sys.stdout.flush()
+
+
+def report(results, out) -> None:
+    """Emit each result with `out`; an exception in the stream is one line on stderr. Raises at the end
+    (exit 1) if any failed, so that the good inputs of a run are all processed first."""
+    from arlm.errors import UserError
+
+    failed = 0
+    for result in results:
+        if isinstance(result, Exception):
+            failed += 1
+            sys.stderr.write(f"arimg: error: {' '.join(str(result).split())}\n")
+        else:
+            out(result)
+    if failed:
+        raise UserError(f"{failed} input(s) failed (see above)")

@@ -9,7 +9,7 @@ import typer
 from arlm.evaluation import eval_images
 from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit
 
-app = typer.Typer(help="Measure images against their captions.", no_args_is_help=True)
+app = typer.Typer(help="Measure images against their captions, and tokenizers.", no_args_is_help=True)
 
 
 @app.command("images")
@@ -22,3 +22,21 @@ def images_cmd(
     """Judge whether each image shows its caption (synthetic grammar); per-kind accuracy as JSON on stdout."""
     cfg = configured("eval_images", overrides, print_config)
     emit(eval_images(src, cfg))
+
+
+@app.command("tokenizer")
+def tokenizer_cmd(
+    shards: str = typer.Argument(..., help="Held-out image shards (brace pattern, '::' list or folder)."),
+    tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="Tokenizer run or checkpoint directory."),
+    size: str = typer.Option("64", "--size", help="Images are resized and centre-cropped to N or HxW."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="Judge the reconstructions against the captions."),
+    jpeg: bool = typer.Option(True, "--jpeg/--no-jpeg", help="Measure the JPEG baseline at the same rate."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Reconstruction quality (PSNR, SSIM, judge), codebook usage and perplexity, bits per pixel, and JPEG
+    at the closest rate, as JSON on stdout."""
+    from arlm.tokenizer.codec import load_tokenizer
+    from arlm.tokenizer.evaluate import eval_tokenizer
+
+    emit(eval_tokenizer(load_tokenizer(tokenizer, device), shards, size, limit, judge=judge, jpeg=jpeg))

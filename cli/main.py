@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from cli import data, eval as eval_cmds
+from cli import data, eval as eval_cmds, tokenizer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",
@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(eval_cmds.app, name="eval")
+app.command("train-tokenizer")(tokenizer.train_tokenizer)
+app.command("tokenize")(tokenizer.tokenize_cmd)
+app.command("detokenize")(tokenizer.detokenize_cmd)
+app.command("pretokenize")(tokenizer.pretokenize_cmd)
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,0 +1,1 @@
+"""The image tokenizer: autoencoder, quantizers wiring, training, and the commands around it."""

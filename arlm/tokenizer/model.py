@@ -1,0 +1,183 @@
+"""The image tokenizer: a convolutional autoencoder with a quantizer between encoder and decoder.
+
+The layout follows taming-transformers' VQGAN autoencoder (Esser et al., 2021) and LlamaGen's VQ tokenizer
+(Sun et al., 2024): residual blocks at each resolution, stride-2 convolutions down, nearest-neighbour
+upsampling plus a convolution up, an optional self-attention block at the lowest resolution, a 1x1
+projection to the quantizer's few dimensions and back. `len(channel_mult)` levels give a downsampling of
+2^(levels - 1). Nothing fixes the input size: the grid of a (H, W) image is (H / f, W / f).
+
+Measured on a 2-core CPU (docs/results.md): normalisation at full resolution is the costliest part of the
+network, so `norm` can be GroupNorm (taming) or none, and `stem_patch` lets the first level start at half
+resolution (a 2x2 space-to-depth of the pixels, lossless) instead of running convolutions at full size.
+
+Images enter as floats in [-1, 1] (`to_unit` / `from_unit` convert uint8). Shapes: x (B, 3, H, W),
+z (B, d, H/f, W/f), indices (B, H/f, W/f).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arlm.config import TokenizerConfig
+from arlm.errors import ConfigError
+from arlm.quantizers import FSQ, LFQ, VectorQuantizer
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def from_unit(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8, rounded."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    return nn.GroupNorm(min(32, ch // 4) or 1, ch, eps=1e-6) if kind == "group" else nn.Identity()
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch_in: int, ch_out: int, norm: str) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = _norm(norm, ch_in), nn.Conv2d(ch_in, ch_out, 3, padding=1)
+        self.norm2, self.conv2 = _norm(norm, ch_out), nn.Conv2d(ch_out, ch_out, 3, padding=1)
+        self.skip = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the positions of the lowest-resolution grid."""
+
+    def __init__(self, ch: int, norm: str) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.proj = _norm(norm, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, HW, C)
+        y = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj(y)
+
+
+def _mid(ch: int, cfg: TokenizerConfig) -> nn.Sequential:
+    blocks = [ResBlock(ch, ch, cfg.norm)]
+    if cfg.mid_attn:
+        blocks += [AttnBlock(ch, cfg.norm), ResBlock(ch, ch, cfg.norm)]
+    return nn.Sequential(*blocks)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        chs = [cfg.channels * m for m in cfg.channel_mult]
+        if cfg.stem_patch:  # (B, 3, H, W) -> (B, 12, H/2, W/2): the first level runs at half resolution
+            self.stem = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, chs[0], 3, padding=1))
+        else:
+            self.stem = nn.Conv2d(3, chs[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        ch = chs[0]
+        for i, ch_out in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(ch, ch_out, cfg.norm))
+                ch = ch_out
+            if i < len(chs) - 1 - int(cfg.stem_patch):
+                layers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.down = nn.Sequential(*layers)
+        self.mid = _mid(ch, cfg)
+        self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, cfg.code_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mid(self.down(self.stem(x))))  # (B, d, H/f, W/f)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        chs = [cfg.channels * m for m in cfg.channel_mult][::-1]
+        ch = chs[0]
+        self.inp = nn.Conv2d(cfg.code_dim, ch, 3, padding=1)
+        self.mid = _mid(ch, cfg)
+        layers: list[nn.Module] = []
+        for i, ch_out in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(ch, ch_out, cfg.norm))
+                ch = ch_out
+            if i < len(chs) - 1 - int(cfg.stem_patch):
+                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+        self.up = nn.Sequential(*layers)
+        if cfg.stem_patch:  # mirror of the encoder's stem: 12 channels at half resolution -> (B, 3, H, W)
+            self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 12, 3, padding=1), nn.PixelShuffle(2))
+        else:
+            self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.up(self.mid(self.inp(z))))  # (B, 3, H, W)
+
+
+def build_quantizer(cfg: TokenizerConfig) -> nn.Module:
+    if cfg.quantizer == "vq":
+        return VectorQuantizer(cfg.codebook_size, cfg.code_dim, beta=cfg.beta, l2norm=cfg.l2norm, ema=cfg.ema,
+                               decay=cfg.decay, kmeans_init=cfg.kmeans_init, dead_threshold=cfg.dead_threshold)
+    if cfg.quantizer == "fsq":
+        return FSQ(cfg.fsq_levels)
+    if cfg.quantizer == "lfq":
+        return LFQ(cfg.code_dim, entropy_weight=cfg.entropy_weight, beta=cfg.beta)
+    raise ConfigError(f"tokenizer.quantizer must be vq, fsq or lfq, got {cfg.quantizer!r}")
+
+
+def check_config(cfg: TokenizerConfig) -> None:
+    levels = len(cfg.channel_mult)
+    if cfg.downsample not in (4, 8, 16) or 2 ** (levels - 1) != cfg.downsample:
+        raise ConfigError(f"tokenizer.downsample must be 4, 8 or 16 and equal 2^(len(channel_mult) - 1); got "
+                          f"downsample={cfg.downsample} with {levels} levels in channel_mult")
+    if cfg.quantizer == "fsq" and len(cfg.fsq_levels) != cfg.code_dim:
+        raise ConfigError(f"tokenizer.code_dim ({cfg.code_dim}) must equal len(tokenizer.fsq_levels) "
+                          f"({len(cfg.fsq_levels)}) for fsq")
+    if cfg.norm not in ("group", "none"):
+        raise ConfigError(f"tokenizer.norm must be group or none, got {cfg.norm!r}")
+
+
+class Tokenizer(nn.Module):
+    """Encoder -> quantizer -> decoder. `encode` gives token ids, `decode` turns ids back into images."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        check_config(cfg)
+        self.cfg = cfg
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.quantizer = build_quantizer(cfg)
+        self.codebook_size: int = self.quantizer.codebook_size
+        self.stride: int = cfg.downsample
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """Token grid of an (h, w) image; the sides must be multiples of the stride."""
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the tokenizer's stride {self.stride}")
+        return h // self.stride, w // self.stride
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses)."""
+        self.grid(*x.shape[-2:])
+        quantized, indices, losses = self.quantizer(self.encoder(x))
+        return self.decoder(quantized), indices, losses
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) in [-1, 1] -> indices (B, H/f, W/f)."""
+        self.grid(*x.shape[-2:])
+        return self.quantizer(self.encoder(x))[1]
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
+        if indices.min() < 0 or indices.max() >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size - 1}], got "
+                             f"{int(indices.min())}..{int(indices.max())}")
+        return self.decoder(self.quantizer.decode(indices))

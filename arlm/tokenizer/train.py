@@ -1,0 +1,205 @@
+"""`arimg train-tokenizer`: one loop for both stages.
+
+VQ-VAE stage (`tokenizer=vqvae`): pixel loss (L1 and/or L2) + the quantizer's losses, optionally the
+perceptual loss. VQ-GAN stage (`tokenizer=vqgan init_from=RUN`): the same plus a PatchGAN discriminator
+with hinge loss, from `loss.disc_start` on; the generator's adversarial term is scaled by taming-
+transformers' adaptive weight (eq. 7 of Esser et al., 2021) so it never drowns the reconstruction, and the
+discriminator can be held back by LeCAM (Tseng et al., 2021).
+
+Codebook usage and perplexity are measured over a rolling window of the latest 65,536 tokens (LlamaGen's
+protocol). The run directory gets metrics.jsonl, reconstruction grids (inputs above outputs) and a loss
+plot every `trainer.image_every` steps, and checkpoints (arlm.checkpoint) every `trainer.ckpt_every`.
+`resume=true` continues from the latest checkpoint: weights, optimizers, step, RNG and data position, so
+the resumed losses equal those of an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from arlm import checkpoint
+from arlm.config import TrainTokenizerConfig, to_yaml
+from arlm.data.loader import ShardLoader
+from arlm.errors import UserError
+from arlm.log import log, progress
+from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+from arlm.tokenizer.metrics import CodeUsage, psnr
+from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
+from arlm.tokenizer.perceptual import build_perceptual
+from arlm.training import EMA, Metrics, autocast, lr_at, rng_state, run_info, set_lr, set_rng_state, setup
+from arlm.viz import line_plot
+
+KIND = "tokenizer"
+USAGE_WINDOW = 65536
+GRID_IMAGES = 8
+
+
+def recon_grid(inputs: torch.Tensor, outputs: torch.Tensor, scale: int = 2) -> Image.Image:
+    """uint8 (N, 3, H, W) inputs in the top row, their reconstructions below, scaled up (nearest)."""
+    rows = torch.cat([torch.cat(list(inputs), dim=2), torch.cat(list(outputs), dim=2)], dim=1)  # (3, 2H, N*W)
+    img = Image.fromarray(rows.permute(1, 2, 0).cpu().numpy())
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def _prepare_run_dir(cfg: TrainTokenizerConfig) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder."""
+    run = Path(cfg.run_dir)
+    last = checkpoint.latest(run)
+    if cfg.resume:
+        if last is None:
+            raise UserError(f"resume=true but {run} has no checkpoint to resume from")
+        checkpoint.resolve(last, KIND)
+        return last
+    if last is not None and not cfg.overwrite:
+        raise UserError(f"{run} already holds a run (latest {last.name}): pass resume=true to continue it or "
+                        f"overwrite=true to start afresh")
+    return None
+
+
+def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
+    """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
+    device, precision = setup(cfg.trainer)
+    lc, tc = cfg.tokenizer.loss, cfg.trainer
+    resume_from = _prepare_run_dir(cfg)
+    run = Path(cfg.run_dir)
+    (run / "images").mkdir(parents=True, exist_ok=True)
+    yaml = yaml if yaml is not None else to_yaml(cfg)
+    (run / "config.yaml").write_text(yaml)
+    (run / "run.json").write_text(__import__("json").dumps(run_info(), indent=1))
+
+    model = Tokenizer(cfg.tokenizer).to(device)
+    if cfg.init_from and resume_from is None:
+        src = checkpoint.resolve(cfg.init_from, KIND)
+        checkpoint.load_into(model, checkpoint.load_weights(src, "model"), src)
+        log.info("weights from %s", src)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    gan = lc.disc_weight > 0
+    disc = PatchDiscriminator(lc.disc_channels, lc.disc_layers).to(device) if gan else None
+    # taming-transformers' discriminator optimiser settings
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9)) if gan else None
+    lecam = LeCAM().to(device) if gan and lc.lecam > 0 else None
+    perceptual = build_perceptual(lc.perceptual_weights).to(device) if lc.perceptual > 0 else None
+    usage = CodeUsage(model.codebook_size, USAGE_WINDOW)
+    loader = ShardLoader(cfg.data, repeat=True, drop_last=True)
+    step = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        checkpoint.load_into(model, checkpoint.load_weights(resume_from, "model"), resume_from)
+        opt.load_state_dict(state["opt"])
+        if ema:
+            ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
+        if gan:
+            checkpoint.load_into(disc, checkpoint.load_weights(resume_from, "disc"), resume_from)
+            opt_d.load_state_dict(state["opt_d"])
+            if lecam:
+                lecam.load_state_dict(state["lecam"])
+        usage.load_state_dict(state["usage"])
+        loader.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        log.info("resuming %s at step %d", run, step)
+    metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None)
+
+    def save() -> None:
+        weights = {"model": model.state_dict()}
+        state = {"step": step, "opt": opt.state_dict(), "usage": usage.state_dict(), "data": loader.state_dict(),
+                 "rng": rng_state()}
+        if ema:
+            weights["ema"] = ema.state_dict()
+        if gan:
+            weights["disc"] = disc.state_dict()
+            state["opt_d"] = opt_d.state_dict()
+            if lecam:
+                state["lecam"] = lecam.state_dict()
+        path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints)
+        log.info("checkpoint %s", path)
+
+    fixed = None  # the first images seen, reconstructed in every grid
+    last_layer = model.decoder.out[-2 if cfg.tokenizer.stem_patch else -1].weight
+    model.train()
+    t0, seen = time.perf_counter(), 0
+    with progress() as bar:
+        task = bar.add_task("train-tokenizer", total=tc.max_steps, completed=step, info="")
+        for batch in loader:
+            if step >= tc.max_steps:
+                break
+            x = to_unit(batch["image"].to(device))  # (B, 3, H, W) in [-1, 1]
+            if fixed is None:
+                fixed = batch["image"][:GRID_IMAGES].clone()
+            set_lr(opt, lr_at(step, tc))
+            with autocast(device, precision):
+                recon, indices, qlosses = model(x)
+            recon = recon.float()
+            # losses in fp32
+            rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
+            if perceptual is not None:
+                rec = rec + lc.perceptual * perceptual(recon, x).mean()
+            loss = rec + lc.codebook * sum(qlosses.values(), torch.zeros((), device=device))
+            logs = {"rec": rec}
+            adversarial = gan and step >= lc.disc_start
+            if adversarial:
+                with autocast(device, precision):
+                    g = hinge_g_loss(disc(recon))
+                w = adaptive_weight(rec, g, last_layer) if lc.adaptive else torch.ones((), device=device)
+                loss = loss + lc.disc_weight * w * g
+                logs.update(g=g, g_weight=w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            if ema:
+                ema.update(model)
+            if adversarial:
+                set_lr(opt_d, lc.disc_lr)
+                with autocast(device, precision):
+                    real, fake = disc(x).float(), disc(recon.detach()).float()
+                d_loss = hinge_d_loss(real, fake)
+                if lecam:
+                    d_loss = d_loss + lc.lecam * lecam.penalty(real, fake)
+                    lecam.update(real, fake)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                logs.update(d=d_loss, logits_real=real.mean(), logits_fake=fake.mean())
+            usage.update(indices)
+            step += 1
+            seen += len(x)
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                # .item() only here: each is a device sync
+                row = {"step": step, "loss": loss.detach().item(), **{k: float(v.detach()) for k, v in logs.items()},
+                       **{k: float(v.detach()) for k, v in qlosses.items()},
+                       "psnr": float(psnr(from_unit(x), from_unit(recon.detach())).clamp(max=99).mean()),
+                       "usage": usage.usage(), "perplexity": usage.perplexity(), "lr": opt.param_groups[0]["lr"],
+                       "img_s": seen / (time.perf_counter() - t0)}
+                metrics.write(row)
+                bar.update(task, completed=step, info=f"loss {row['loss']:.4f}  psnr {row['psnr']:.2f}  "
+                                                      f"usage {row['usage']:.0%}  {row['img_s']:.0f} img/s")
+            if step % tc.image_every == 0 or step == tc.max_steps:
+                write_pictures(run, step, model, fixed, metrics, device, precision)
+            if step % tc.ckpt_every == 0 or step == tc.max_steps:
+                save()
+    metrics.close()
+    loader.skips.log_summary()
+    return run
+
+
+@torch.no_grad()
+def write_pictures(run: Path, step: int, model: Tokenizer, fixed: torch.Tensor, metrics: Metrics,
+                   device: torch.device, precision: str) -> None:
+    was = model.training
+    model.eval()
+    with autocast(device, precision):
+        out = model(to_unit(fixed.to(device)))[0]
+    model.train(was)
+    recon_grid(fixed, from_unit(out).cpu()).save(run / "images" / f"recon-{step:07d}.png")
+    rows = metrics.rows()
+    if rows:
+        line_plot(rows, ["loss", "rec", "g", "d"], run / "loss.png", log_y=True)
+        line_plot(rows, ["psnr"], run / "psnr.png")
+        line_plot(rows, ["usage"], run / "usage.png")

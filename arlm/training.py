@@ -1,0 +1,139 @@
+"""What every training stage shares: device and precision, the LR schedule, weight EMA, RNG state, the
+run directory's picture and metric files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arlm.config import TrainerConfig
+from arlm.errors import ConfigError
+from arlm.perf import DTYPES, resolve_precision
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device} but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device must be auto, cpu or cuda[:N], got {device!r}") from None
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast, or nothing for fp32 (quantizers and losses cast themselves back to fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def setup(cfg: TrainerConfig) -> tuple[torch.device, str]:
+    """Device and resolved precision; seeds every generator."""
+    device = resolve_device(cfg.device)
+    try:
+        precision = resolve_precision(cfg.precision, device)
+    except ValueError as e:
+        raise ConfigError(f"trainer.{e}") from None
+    seed_all(cfg.seed)
+    return device, precision
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, cfg: TrainerConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point weights and buffers (kept in fp32)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+    def apply_to(self, model: nn.Module) -> None:
+        """Copy the averaged weights into `model` (other entries, e.g. integer buffers, are kept)."""
+        model.load_state_dict({**model.state_dict(), **{k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()}})
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step draws from, as plain data (loads with weights_only=True)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Metrics:
+    """metrics.jsonl in the run directory: one JSON object per log step, appended and flushed. On resume
+    the lines after the resumed step are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self.file = open(self.path, "a")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def rows(self) -> list[dict]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run_info() -> dict:
+    """argv and versions, written beside the resolved config so that a reader can re-run a run."""
+    import platform
+
+    return {"argv": sys.argv, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "platform": platform.platform()}
