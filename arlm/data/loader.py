@@ -151,8 +151,11 @@ class ShardLoader:
         self.rank, self.world_size = (r if rank is None else rank), (w if world_size is None else world_size)
         self.dataset = ShardDataset(cfg, self.rank, self.world_size, repeat)
         self.repeat = repeat
+        # its own generator: a DataLoader draws a base seed from the global RNG each time an iterator starts,
+        # which would shift a training run's random stream on resume
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                 collate_fn=collate, drop_last=drop_last, persistent_workers=False)
+                                 collate_fn=collate, drop_last=drop_last, persistent_workers=False,
+                                 generator=torch.Generator().manual_seed(cfg.seed))
         self.positions: dict[int, int] = {}  # reader -> raw samples behind the batches handed out so far
         self.batches = 0
 

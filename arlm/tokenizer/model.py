@@ -166,7 +166,9 @@ class Tokenizer(nn.Module):
         """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses)."""
         self.grid(*x.shape[-2:])
         quantized, indices, losses = self.quantizer(self.encoder(x))
-        return self.decoder(quantized), indices, losses
+        # one memory layout on both paths: a convolution may pick another kernel for another layout, and then
+        # decode(indices) would differ from the reconstruction in the last bits
+        return self.decoder(quantized.contiguous()), indices, losses
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,4 +182,4 @@ class Tokenizer(nn.Module):
         if indices.min() < 0 or indices.max() >= self.codebook_size:
             raise ValueError(f"token ids must lie in [0, {self.codebook_size - 1}], got "
                              f"{int(indices.min())}..{int(indices.max())}")
-        return self.decoder(self.quantizer.decode(indices))
+        return self.decoder(self.quantizer.decode(indices).contiguous())
