@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 ARIMG := $(VENV)/bin/arimg
 DEMO ?= data/demo
 SYNTH ?= data/synth
+RUNS ?= runs
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow demo bench clean
@@ -27,16 +28,22 @@ test: install  ## the fast test set (under 10 minutes on 2 CPU cores)
 test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
 
-demo: install  ## synthetic set -> contact sheet -> the judge's verdict on it
+demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its evaluation -> token shards
 	mkdir -p $(DEMO)
-	$(ARIMG) data synth --n 2000 --shard-size 500 --out $(SYNTH) --overwrite
+	$(ARIMG) data synth --n 20000 --out $(SYNTH) --overwrite
+	$(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite
 	$(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
-	$(ARIMG) eval images $(SYNTH) > $(DEMO)/judge.json
-	@cat $(DEMO)/judge.json
-	@echo "contact sheet: $(DEMO)/contact-sheet.png" >&2
+	$(ARIMG) eval images $(SYNTH)-val > $(DEMO)/judge.json
+	$(ARIMG) train-tokenizer tokenizer=vqvae run_dir=$(RUNS)/tok-vqvae data.shards=$(SYNTH) overwrite=true
+	$(ARIMG) train-tokenizer tokenizer=vqgan trainer=tokenizer_gan init_from=$(RUNS)/tok-vqvae \
+		run_dir=$(RUNS)/tok-vqgan data.shards=$(SYNTH) overwrite=true
+	$(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-vqgan > $(DEMO)/tokenizer.json
+	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-vqgan --out $(SYNTH)-tok --overwrite > /dev/null
+	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json
+	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-vqgan/images/" >&2
 
 bench: install  ## every scripts/bench_*.py
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
 
 clean:  ## remove the virtualenv and demo outputs
-	rm -rf $(VENV) $(DEMO) $(SYNTH)
+	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-vqvae $(RUNS)/tok-vqgan

@@ -32,6 +32,7 @@ class DataConfig:
     shards: str = "data/synth"  # brace pattern, '::' list or folder of .tar files
     size: str = "64"  # "N" or "HxW": images are resized (shorter side) and cropped to it
     crop: str = "center"  # center | random
+    crop_size: Optional[str] = None  # then a window of "N" or "HxW" at that resolution (centre or random, as crop)
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000  # samples held for shuffling; 0 keeps shard order
@@ -48,7 +49,8 @@ class TokenizerLossConfig:
     perceptual: float = 0.0
     perceptual_weights: Optional[str] = None  # local LPIPS-style weights; none: the weight-free fallback
     disc_weight: float = 0.0  # 0 = no discriminator (the VQ-VAE stage)
-    disc_start: int = 0  # generator's adversarial term and discriminator updates start at this step
+    disc_start: int = 0  # the generator's adversarial term starts at this step
+    disc_warmup: int = 0  # the discriminator alone trains for this many steps before disc_start
     disc_lr: float = 1e-4
     disc_channels: int = 64
     disc_layers: int = 3

@@ -131,3 +131,20 @@ def test_under_torchrun(tmp_path, synth_dir):
     assert len(parts[0]) == len(parts[1]) == 6  # 2 shards of 12 per rank, batches of 4
     keys = [k for p in parts for b in p for k in b]
     assert len(keys) == len(set(keys)) == 48
+
+
+def test_crop_size_takes_windows_at_full_resolution(synth_dir):
+    from arlm.config import DataConfig
+    from arlm.data.shards import read_shards
+
+    full = {s.key: np.asarray(s.image) for s in read_shards(str(synth_dir))}
+    cfg = DataConfig(shards=str(synth_dir), size="32", crop="random", crop_size="16x24", batch_size=8, shuffle_buffer=0)
+    batch = next(iter(ShardLoader(cfg)))
+    assert batch["image"].shape == (8, 3, 16, 24)
+    for img, key in zip(batch["image"], batch["key"]):
+        window = img.permute(1, 2, 0).numpy()
+        src = full[key]
+        # the window is a pixel-exact piece of the 32x32 image (no resampling)
+        assert any(np.array_equal(src[y:y + 16, x:x + 24], window) for y in range(17) for x in range(9))
+    with pytest.raises(Exception, match="larger than data.size"):
+        ShardLoader(DataConfig(shards=str(synth_dir), size="32", crop_size="48"))

@@ -123,7 +123,7 @@ def _resume_run(tmp_path, synth_dir, extra):
     # the VQ-GAN stage: discriminator, LeCAM, edge loss, EMA of the weights, dead-code restarts, random crops
     ["tokenizer.loss.disc_weight=0.5", "tokenizer.loss.disc_channels=8", "tokenizer.loss.lecam=0.01",
      "tokenizer.loss.perceptual=0.5", "trainer.ema=0.9", "tokenizer.dead_threshold=2.0", "data.crop=random",
-     "data.size=24"],
+     "data.crop_size=24"],
 ], ids=["vqvae", "vqgan"])
 def test_resume_continues_the_same_run(tmp_path, synth_dir, extra):
     full, cut = _resume_run(tmp_path, synth_dir, extra)
@@ -146,6 +146,15 @@ def test_a_run_dir_is_never_mixed(tmp_path, synth_dir, tiny_run, run_cli):
     code, _, err = run_cli("train-tokenizer", *TINY, f"data.shards={synth_dir}", f"run_dir={tmp_path / 'new'}",
                            "resume=true")
     assert code == 1 and "no checkpoint" in err
+
+
+def test_overwrite_starts_afresh_without_old_checkpoints(tmp_path, synth_dir):
+    train(tiny_cfg(tmp_path, synth_dir, "trainer.max_steps=6", "trainer.ckpt_every=3"))
+    with pytest.raises(Exception, match="inside run_dir"):
+        train(tiny_cfg(tmp_path, synth_dir, f"init_from={tmp_path / 'run'}", "overwrite=true"))
+    run = train(tiny_cfg(tmp_path, synth_dir, "overwrite=true"))  # 4 steps: step-6 of the old run must not win
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-0000002", "step-0000004"]
+    assert checkpoint.latest(run).name == "step-0000004"
 
 
 def test_vqgan_stage_starts_from_the_vqvae_run(tmp_path, synth_dir, tiny_run):

@@ -4,7 +4,8 @@ Work is split over `world_size * num_workers` readers. With at least that many s
 whole shards (shard i to reader i mod n); with fewer, every reader walks all shards and keeps every n-th
 sample, so that a small data set still feeds every rank. Images are resized (shorter side to the target)
 and centre- or randomly-cropped to the configured (H, W); an image already at that size is untouched,
-so synthetic pixels stay exact.
+so synthetic pixels stay exact. `crop_size` then takes a smaller window at that resolution (training a
+convolutional tokenizer on patches: more, cheaper steps from the same pixels).
 
 Every rank must take the same number of optimizer steps. With `repeat=True` (training) the stream never
 ends, so steps are counted by the trainer. With `repeat=False` (one pass: pre-tokenizing, evaluation),
@@ -49,6 +50,14 @@ def resize_crop(image: Image.Image, size: tuple[int, int], rng: random.Random | 
     return image.crop((x, y, x + w, y + h))
 
 
+def crop(image: Image.Image, size: tuple[int, int], rng: random.Random | None = None) -> Image.Image:
+    """A (H, W) window of an image at least that large: centred, or at a random offset when rng is given."""
+    h, w = size
+    x = rng.randint(0, image.width - w) if rng else (image.width - w) // 2
+    y = rng.randint(0, image.height - h) if rng else (image.height - h) // 2
+    return image.crop((x, y, x + w, y + h))
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world_size) from torch.distributed, else from torchrun's environment, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
@@ -63,6 +72,9 @@ class ShardDataset(IterableDataset):
         self.cfg, self.rank, self.world_size, self.repeat = cfg, rank, world_size, repeat
         self.urls = expand(cfg.shards)
         self.size = parse_size(cfg.size)
+        self.crop_size = parse_size(cfg.crop_size) if cfg.crop_size else None
+        if self.crop_size and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
+            raise ConfigError(f"data.crop_size {cfg.crop_size} is larger than data.size {cfg.size}")
         if cfg.crop not in ("center", "random"):
             raise ConfigError(f"data.crop must be center or random, got {cfg.crop!r}")
         self.skips = SkipCounter()
@@ -121,7 +133,10 @@ class ShardDataset(IterableDataset):
                     continue
                 # str seeds are stable across processes; one per sample, so skipping keeps the crops
                 crop_rng = random.Random(f"crop-{self.cfg.seed}-{reader}-{pos}") if self.cfg.crop == "random" else None
-                image = np.array(resize_crop(s.image, self.size, crop_rng))  # a writable copy for torch
+                image = resize_crop(s.image, self.size, crop_rng)
+                if self.crop_size:
+                    image = crop(image, self.crop_size, crop_rng)
+                image = np.array(image)  # a writable copy for torch
                 yielded += 1
                 yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
                        "meta": s.meta, "key": s.key, "pos": (reader, pos)}

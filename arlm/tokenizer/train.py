@@ -15,6 +15,9 @@ the resumed losses equal those of an uninterrupted run on CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -57,6 +60,8 @@ def _prepare_run_dir(cfg: TrainTokenizerConfig) -> Path | None:
     if last is not None and not cfg.overwrite:
         raise UserError(f"{run} already holds a run (latest {last.name}): pass resume=true to continue it or "
                         f"overwrite=true to start afresh")
+    for old in ("checkpoints", "images"):  # overwrite: nothing of the old run may mix with the new one
+        shutil.rmtree(run / old, ignore_errors=True)
     return None
 
 
@@ -64,18 +69,19 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
     device, precision = setup(cfg.trainer)
     lc, tc = cfg.tokenizer.loss, cfg.trainer
-    resume_from = _prepare_run_dir(cfg)
     run = Path(cfg.run_dir)
+    model = Tokenizer(cfg.tokenizer).to(device)  # validates the architecture before anything is written
+    init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
+    if init is not None and run.resolve() in init.resolve().parents:
+        raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
+    resume_from = _prepare_run_dir(cfg)
     (run / "images").mkdir(parents=True, exist_ok=True)
     yaml = yaml if yaml is not None else to_yaml(cfg)
     (run / "config.yaml").write_text(yaml)
-    (run / "run.json").write_text(__import__("json").dumps(run_info(), indent=1))
-
-    model = Tokenizer(cfg.tokenizer).to(device)
-    if cfg.init_from and resume_from is None:
-        src = checkpoint.resolve(cfg.init_from, KIND)
-        checkpoint.load_into(model, checkpoint.load_weights(src, "model"), src)
-        log.info("weights from %s", src)
+    (run / "run.json").write_text(json.dumps(run_info(), indent=1))
+    if init is not None:
+        checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
+        log.info("weights from %s", init)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     gan = lc.disc_weight > 0
@@ -119,7 +125,9 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
         path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints)
         log.info("checkpoint %s", path)
 
-    fixed = None  # the first images seen, reconstructed in every grid
+    # the first images of the set at full size (not crops), reconstructed in every grid
+    grid_data = dataclasses.replace(cfg.data, crop_size=None, batch_size=GRID_IMAGES, shuffle_buffer=0, num_workers=0)
+    fixed = next(iter(ShardLoader(grid_data, repeat=False, rank=0, world_size=1)))["image"]
     last_layer = model.decoder.out[-2 if cfg.tokenizer.stem_patch else -1].weight
     model.train()
     t0, seen = time.perf_counter(), 0
@@ -129,8 +137,6 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
             if step >= tc.max_steps:
                 break
             x = to_unit(batch["image"].to(device))  # (B, 3, H, W) in [-1, 1]
-            if fixed is None:
-                fixed = batch["image"][:GRID_IMAGES].clone()
             set_lr(opt, lr_at(step, tc))
             with autocast(device, precision):
                 recon, indices, qlosses = model(x)
@@ -155,7 +161,7 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
             opt.step()
             if ema:
                 ema.update(model)
-            if adversarial:
+            if gan and step >= lc.disc_start - lc.disc_warmup:
                 set_lr(opt_d, lc.disc_lr)
                 with autocast(device, precision):
                     real, fake = disc(x).float(), disc(recon.detach()).float()
