@@ -17,11 +17,18 @@ CONF = Path(conf.__file__).parent
 def test_every_group_has_a_tiny_preset_that_fits_its_schema(group):
     presets = sorted((CONF / group).glob("*.yaml"))
     assert "tiny" in [p.stem for p in presets]
-    for p in presets:
-        raw = OmegaConf.load(p)
-        assert list(raw.pop("defaults")) == [f"{group}_schema", "_self_"]
-        merged = OmegaConf.merge(OmegaConf.structured(GROUPS[group]), raw)  # raises on unknown keys / types
-        assert isinstance(OmegaConf.to_object(merged), GROUPS[group])
+    names = [p.stem for p in presets]
+
+    def resolved(name: str):
+        """A preset merged onto its base: the schema, or another preset of the group that it extends."""
+        raw = OmegaConf.load(CONF / group / f"{name}.yaml")
+        base, self_ = list(raw.pop("defaults"))
+        assert self_ == "_self_" and (base == f"{group}_schema" or base in names)
+        parent = OmegaConf.structured(GROUPS[group]) if base == f"{group}_schema" else resolved(base)
+        return OmegaConf.merge(parent, raw)  # raises on unknown keys / types
+
+    for name in names:
+        assert isinstance(OmegaConf.to_object(resolved(name)), GROUPS[group])
 
 
 def test_compose_gives_typed_objects_with_overrides():
