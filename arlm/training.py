@@ -23,11 +23,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={device} but no CUDA device is available")
+        raise ConfigError(f"device {device} asked for, but no CUDA device is available")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"trainer.device must be auto, cpu or cuda[:N], got {device!r}") from None
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}") from None
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from arlm.config import compose, to_object, to_yaml
+from arlm.errors import UserError
 
 OVERRIDES_HELP = "Hydra overrides, key=value (see --print-config for the keys)."
 PRINT_CONFIG_HELP = "Print the resolved config as YAML to stdout and exit."
@@ -37,8 +38,6 @@ def emit_path(path: Any) -> None:
 def report(results, out) -> None:
     """Emit each result with `out`; an exception in the stream is one line on stderr. Raises at the end
     (exit 1) if any failed, so that the good inputs of a run are all processed first."""
-    from arlm.errors import UserError
-
     failed = 0
     for result in results:
         if isinstance(result, Exception):

@@ -32,7 +32,7 @@ def tokenizer_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="Judge the reconstructions against the captions."),
     jpeg: bool = typer.Option(True, "--jpeg/--no-jpeg", help="Measure the JPEG baseline at the same rate."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Reconstruction quality (PSNR, SSIM, judge), codebook usage and perplexity, bits per pixel, and JPEG
     at the closest rate, as JSON on stdout."""

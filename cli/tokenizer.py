@@ -32,7 +32,7 @@ def tokenize_cmd(
     images: List[str] = typer.Argument(..., help="Image files; '-' reads paths from stdin, one per line."),
     tokenizer: str = _tokenizer_option(),
     size: Optional[str] = typer.Option(None, "--size", help="Resize and centre-crop to N or HxW first."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Print one JSON line per image: path, h, w, tokens (rows of ids). Unreadable images are reported on
     stderr and skipped; the exit code is 1 if any failed."""
@@ -46,7 +46,7 @@ def tokenize_cmd(
 def detokenize_cmd(
     tokenizer: str = _tokenizer_option(),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Read `arimg tokenize` lines from stdin, write one PNG per line, print the paths. A bad line (not JSON,
     ids out of range) is reported on stderr and skipped; the exit code is 1 if any failed."""
@@ -65,7 +65,7 @@ def pretokenize_cmd(
     shard_size: int = typer.Option(1000, "--shard-size"),
     num_workers: int = typer.Option(0, "--num-workers"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace token shards already in --out."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Encode image shards into token shards (.npy grid + caption + record) for transformer training.
     Prints the token shard paths."""
