@@ -28,7 +28,7 @@ test: install  ## the fast test set (under 10 minutes on 2 CPU cores)
 test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
 
-demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its evaluation -> token shards
+demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its evaluation -> token shards -> pretrain
 	mkdir -p $(DEMO)
 	$(ARIMG) data synth --n 20000 --out $(SYNTH) --overwrite
 	$(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite
@@ -39,11 +39,15 @@ demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its ev
 		run_dir=$(RUNS)/tok-vqgan data.shards=$(SYNTH) overwrite=true
 	$(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-vqgan > $(DEMO)/tokenizer.json
 	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-vqgan --out $(SYNTH)-tok --overwrite > /dev/null
-	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json
-	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-vqgan/images/" >&2
+	$(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok overwrite=true
+	$(PY) scripts/judge_pretrain.py $(RUNS)/pretrain --n 8 --sheet $(DEMO)/pretrain-samples.png > $(DEMO)/pretrain.json
+	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json $(DEMO)/pretrain.json
+	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-vqgan/images/;" \
+		"samples: $(DEMO)/pretrain-samples.png, $(RUNS)/pretrain/images/" >&2
 
-bench: install  ## every scripts/bench_*.py
+bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
+	$(PY) -m pip install -q -e '.[bench]'
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
 
 clean:  ## remove the virtualenv and demo outputs
-	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-vqvae $(RUNS)/tok-vqgan
+	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-vqvae $(RUNS)/tok-vqgan $(RUNS)/pretrain

@@ -61,8 +61,9 @@ def step_name(step: int) -> str:
 
 
 def save(run_dir: str | os.PathLike, step: int, kind: str, weights: dict[str, dict[str, torch.Tensor]],
-         state: dict[str, Any], config_yaml: str, keep: int = 2) -> Path:
-    """Write checkpoint `step` of `run_dir` atomically and point `latest` at it; keep the newest `keep`."""
+         state: dict[str, Any], config_yaml: str, keep: int = 2, files: dict[str, bytes] | None = None) -> Path:
+    """Write checkpoint `step` of `run_dir` atomically and point `latest` at it; keep the newest `keep`.
+    `files` are written beside the weights as they are (e.g. the transformer's vocab.json)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -75,6 +76,8 @@ def save(run_dir: str | os.PathLike, step: int, kind: str, weights: dict[str, di
         _fsync_file(tmp / f"{name}.safetensors")
     _write_synced(tmp / "state.pt", lambda f: torch.save(state, f))
     _write_synced(tmp / "config.yaml", lambda f: f.write(config_yaml.encode()))
+    for name, data in (files or {}).items():
+        _write_synced(tmp / name, lambda f: f.write(data))
     meta = {"format": FORMAT, "kind": kind, "step": step, "weights": sorted(weights)}
     _write_synced(tmp / "checkpoint.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     _fsync_dir(tmp)
@@ -155,6 +158,19 @@ def load_config_yaml(ckpt: Path) -> str:
         return (ckpt / "config.yaml").read_text()
     except OSError as e:
         raise CheckpointError(f"checkpoint {ckpt} has no readable config.yaml: {e.strerror}") from None
+
+
+def load_config(ckpt: Path, schema: type) -> Any:
+    """The typed config (an instance of dataclass `schema`) stored in a checkpoint."""
+    from omegaconf import OmegaConf
+
+    try:
+        stored = OmegaConf.create(load_config_yaml(ckpt))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), stored))
+    except CheckpointError:
+        raise
+    except Exception as e:  # YAML or schema errors: the checkpoint's config is not one we wrote
+        raise CheckpointError(f"corrupt checkpoint {ckpt}: config.yaml: {' '.join(str(e).split())[:200]}") from None
 
 
 def load_into(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from arlm.errors import ConfigError
 from arlm.judge import JudgeConfig
+from arlm.synth import COLORS, SHAPES, article
 
 
 @dataclass
@@ -86,10 +87,21 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
+    """The decoder-only transformer (arlm.transformer.model). Presets in conf/model/: tiny (tests), small (the
+    CPU demo), and b, l, xl with LlamaGen's GPT-B/L/XL shapes (layers, width, heads)."""
+
     dim: int = 512
     n_layers: int = 8
     n_heads: int = 8
+    n_kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
+    ffn_hidden: Optional[int] = None  # None: 8/3 * dim rounded up to a multiple of 64 (Llama's SwiGLU width)
     max_seq_len: int = 512
+    rope: str = "2d"  # 1d | 2d: visual tokens rotate with (row, column), text with its index on both axes
+    rope_theta: float = 10000.0
+    qk_norm: bool = False  # RMSNorm on queries and keys (Chameleon, Lumina-mGPT: stabilises long runs)
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
 
 
 @dataclass
@@ -110,6 +122,10 @@ class TrainerConfig:
     # auto: bf16 on CUDA, and on a CPU whichever matmul measures faster (arlm.perf); quantizers and losses fp32
     precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
+    # transformer stages only (train-tokenizer refuses them):
+    parallel: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (FSDP2 fully_shard per block)
+    compile: bool = False  # torch.compile the model
+    grad_accum: int = 1  # micro-batches per optimizer step; the global batch is data.batch_size
 
 
 @dataclass
@@ -127,6 +143,55 @@ class TrainTokenizerConfig:
 
 
 @dataclass
+class TokenDataConfig:
+    """Token shards from `arimg pretokenize`, read by arlm.transformer.data."""
+
+    shards: str = "data/synth-tok"  # brace pattern, '::' list or folder of .tar files
+    mode: str = "memory"  # memory: one tensor on the training device | stream: read shards as training goes
+    batch_size: int = 32  # global: sequences per optimizer step over all processes and micro-batches
+    caption_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
+    kinds: Optional[list[str]] = None  # keep only samples whose record has one of these kinds (SFT filter)
+    caption_regex: Optional[str] = None  # keep only samples whose caption matches (SFT filter)
+    shuffle_buffer: int = 2000  # stream mode: samples held for shuffling
+    seed: int = 0
+
+
+@dataclass
+class TransformerLossConfig:
+    text_weight: float = 0.1  # pretrain: weight of the text and layout targets against the visual ones
+    visual_only: bool = False  # sft: loss on the visual tokens only
+    z_loss: float = 0.0  # weight of log(Z)^2 of the logits (PaLM), keeps the softmax normaliser near 0
+
+
+@dataclass
+class SampleConfig:
+    """The sample grids written while training: fixed prompts, a plain sampler, judged (arlm.judge)."""
+
+    # every single-object caption of the synthetic grammar (SYNTH.md): 6 colours x 3 shapes
+    prompts: list[str] = field(default_factory=lambda: [f"{article(c)} {c} {s}" for s in SHAPES for c in COLORS])
+    n: int = 2  # images per prompt
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+
+
+@dataclass
+class TrainTransformerConfig:
+    """`arimg pretrain` and `arimg sft`: one trainer, two stages (the root config sets `stage`)."""
+
+    stage: str = "pretrain"  # pretrain | sft
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: TransformerLossConfig = field(default_factory=TransformerLossConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run_dir: str = "runs/pretrain"
+    init_from: Optional[str] = None  # sft: the pretrain run or checkpoint (its model config is used)
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
 class EvalImagesConfig:
     """`arimg eval images`: judge images against their captions."""
 
@@ -136,7 +201,9 @@ class EvalImagesConfig:
 
 
 # command name -> root schema; conf/<name>.yaml is its root config
-ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "train_tokenizer": TrainTokenizerConfig}
+ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "train_tokenizer": TrainTokenizerConfig,
+                          "pretrain": TrainTransformerConfig, "sft": TrainTransformerConfig}
+# the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 
 

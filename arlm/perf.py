@@ -49,3 +49,32 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     bf16 = matmul_flops(torch.bfloat16, device, n=small, budget_s=0.05)
     fp32 = matmul_flops(torch.float32, device, n=small, budget_s=0.05)
     return "bf16" if bf16 > fp32 else "fp32"
+
+
+def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:
+    """Seconds for `steps` calls of fn after `warmup` untimed ones (benchmarks)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+# benchmark tables
+
+def fmt_flops(x: float, unit: str = "FLOP/s") -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if x >= scale:
+            return f"{x / scale:,.3g} {prefix}{unit}" if x / scale < 100 else f"{x / scale:,.0f} {prefix}{unit}"
+    return f"{x:,.0f} {unit}"
+
+
+def fmt_pct(x: float) -> str:
+    return f"{100 * x:,.0f}%" if x >= 1 else f"{100 * x:.3g}%"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"

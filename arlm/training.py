@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from arlm.config import TrainerConfig
-from arlm.errors import ConfigError
+from arlm.errors import ConfigError, UserError
 from arlm.perf import DTYPES, resolve_precision
 
 
@@ -129,6 +130,24 @@ class Metrics:
 
     def close(self) -> None:
         self.file.close()
+
+
+def prepare_run_dir(run: Path, kind: str, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder."""
+    from arlm import checkpoint
+
+    last = checkpoint.latest(run)
+    if resume:
+        if last is None:
+            raise UserError(f"resume=true but {run} has no checkpoint to resume from")
+        checkpoint.resolve(last, kind)
+        return last
+    if last is not None and not overwrite:
+        raise UserError(f"{run} already holds a run (latest {last.name}): pass resume=true to continue it or "
+                        f"overwrite=true to start afresh")
+    for old in ("checkpoints", "images"):  # overwrite: nothing of the old run may mix with the new one
+        shutil.rmtree(run / old, ignore_errors=True)
+    return None
 
 
 def run_info() -> dict:

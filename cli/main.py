@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from cli import data, eval as eval_cmds, tokenizer
+from cli import data, eval as eval_cmds, tokenizer, transformer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",
@@ -26,6 +26,8 @@ app.command("train-tokenizer")(tokenizer.train_tokenizer)
 app.command("tokenize")(tokenizer.tokenize_cmd)
 app.command("detokenize")(tokenizer.detokenize_cmd)
 app.command("pretokenize")(tokenizer.pretokenize_cmd)
+app.command("pretrain")(transformer.pretrain)
+app.command("sft")(transformer.sft)
 
 
 def _fail(message: str, code: int) -> int:

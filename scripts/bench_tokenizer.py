@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from arlm.config import compose, to_object
 from arlm.errors import UserError
 from arlm.log import log, setup_logging
-from arlm.perf import DTYPES, matmul_flops, resolve_precision
+from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.tokenizer.model import Tokenizer, to_unit
-
-WARMUP = 2
-
+from arlm.training import autocast
 
 def parse_size(text: str) -> tuple[int, int]:
     """'N' or 'HxW' -> (H, W)."""
@@ -54,17 +50,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
-
-
 def build(tcfg, device: torch.device, seed: int, channels_last: bool = False) -> Tokenizer:
     torch.manual_seed(seed)
     model = Tokenizer(tcfg).to(device)
@@ -78,18 +63,6 @@ def forward_flops(model: Tokenizer, h: int, w: int, device: torch.device) -> int
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()
-
-
-def timed(fn, steps: int, device: torch.device) -> float:
-    """Seconds for `steps` calls of fn after WARMUP untimed ones."""
-    for _ in range(WARMUP):
-        fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def bench_train(cfg, images: torch.Tensor, device: torch.device, precision: str, steps: int,
@@ -134,26 +107,11 @@ def bench_codec(model: Tokenizer, images: torch.Tensor, device: torch.device, pr
     return len(images) * steps / enc, len(images) * steps / dec
 
 
-def fmt_flops(x: float, unit: str = "FLOP/s") -> str:
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
-        if x >= scale:
-            return f"{x / scale:,.3g} {prefix}{unit}" if x / scale < 100 else f"{x / scale:,.0f} {prefix}{unit}"
-    return f"{x:,.0f} {unit}"
-
-
-def fmt_pct(x: float) -> str:
-    return f"{100 * x:,.0f}%" if x >= 1 else f"{100 * x:.3g}%"
-
-
-def fmt_rate(x: float) -> str:
-    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=parse_size, default=(64, 64), help="image size, N or HxW (default 64)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5, help=f"timed steps, after {WARMUP} warm-up steps")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps, after 2 warm-up steps")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                     help="default: the config's trainer.device")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,

@@ -13,6 +13,36 @@ def synth_dir(tmp_path_factory):
     return out
 
 
+TINY = ["tokenizer=tiny", "data=tiny", "trainer=tiny"]
+
+
+def tiny_cfg(tmp_path, synth_dir, *extra, name="run"):
+    """A tiny tokenizer run's config (seconds to train)."""
+    from arlm.config import compose, to_object
+
+    return to_object(compose("train_tokenizer", [*TINY, f"data.shards={synth_dir}", f"run_dir={tmp_path / name}", *extra]))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synth_dir):
+    """A tiny tokenizer run (4 steps)."""
+    from arlm.tokenizer.train import train
+
+    return train(tiny_cfg(tmp_path_factory.mktemp("tok"), synth_dir))
+
+
+@pytest.fixture(scope="session")
+def token_dir(tmp_path_factory, synth_dir, tiny_run):
+    """The synthetic samples as token shards of the tiny tokenizer: 8x8 grids, 64 codes."""
+    from arlm.config import DataConfig
+    from arlm.tokenizer.codec import load_tokenizer, pretokenize
+
+    out = tmp_path_factory.mktemp("tokens")
+    data = DataConfig(shards=str(synth_dir), size="32", crop="center", batch_size=16, shuffle_buffer=0)
+    pretokenize(load_tokenizer(tiny_run, "cpu"), data, out, shard_size=16)
+    return out
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `arimg ARGS` in-process; returns (exit code, stdout, stderr)."""

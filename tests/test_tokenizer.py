@@ -17,20 +17,7 @@ from arlm.data.shards import SkipCounter, read_shards, raw_samples, expand
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer, to_unit
 from arlm.tokenizer.train import train
-
-TINY = ["tokenizer=tiny", "data=tiny", "trainer=tiny"]
-
-
-def tiny_cfg(tmp_path, synth_dir, *extra, name="run"):
-    return to_object(compose("train_tokenizer", [*TINY, f"data.shards={synth_dir}", f"run_dir={tmp_path / name}", *extra]))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, synth_dir):
-    tmp = tmp_path_factory.mktemp("tok")
-    cfg = tiny_cfg(tmp, synth_dir)
-    return train(cfg)
-
+from conftest import TINY, tiny_cfg
 
 def _image_files(synth_dir, tmp_path, n=3):
     paths = []

@@ -30,7 +30,8 @@ from arlm.errors import UserError
 from arlm.log import log
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-REASONS = ("truncated shard", "no image", "no caption", "corrupt image", "corrupt json")
+REASONS = ("truncated shard", "no image", "no caption", "corrupt image", "corrupt json", "no tokens", "corrupt tokens",
+           "filtered out")
 WARN_LIMIT = 5  # per reason; the totals are logged at the end anyway
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from arlm import checkpoint
@@ -59,18 +58,9 @@ class Loaded:
             return from_unit(self.model.decode(tokens.to(self.device))).cpu()
 
 
-def run_config(ckpt: Path) -> TrainTokenizerConfig:
-    """The typed config stored in a checkpoint."""
-    try:
-        stored = OmegaConf.create(checkpoint.load_config_yaml(ckpt))
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainTokenizerConfig), stored))
-    except Exception as e:  # YAML or schema errors: the checkpoint's config is not one we wrote
-        raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: config.yaml: {' '.join(str(e).split())[:200]}") from None
-
-
 def load_tokenizer(path: str | Path, device: str = "auto", precision: str = "fp32", ema: bool = True) -> Loaded:
     ckpt = checkpoint.resolve(path, KIND)
-    cfg = run_config(ckpt)
+    cfg = checkpoint.load_config(ckpt, TrainTokenizerConfig)
     dev = resolve_device(device)
     model = Tokenizer(cfg.tokenizer)
     use_ema = ema and (ckpt / "ema.safetensors").is_file()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -27,13 +26,14 @@ from PIL import Image
 from arlm import checkpoint
 from arlm.config import TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
-from arlm.errors import UserError
+from arlm.errors import ConfigError, UserError
 from arlm.log import log, progress
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
-from arlm.training import EMA, Metrics, autocast, lr_at, rng_state, run_info, set_lr, set_rng_state, setup
+from arlm.training import (EMA, Metrics, autocast, lr_at, prepare_run_dir, rng_state, run_info, set_lr, set_rng_state,
+                           setup)
 from arlm.viz import line_plot
 
 KIND = "tokenizer"
@@ -48,33 +48,19 @@ def recon_grid(inputs: torch.Tensor, outputs: torch.Tensor, scale: int = 2) -> I
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-def _prepare_run_dir(cfg: TrainTokenizerConfig) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder."""
-    run = Path(cfg.run_dir)
-    last = checkpoint.latest(run)
-    if cfg.resume:
-        if last is None:
-            raise UserError(f"resume=true but {run} has no checkpoint to resume from")
-        checkpoint.resolve(last, KIND)
-        return last
-    if last is not None and not cfg.overwrite:
-        raise UserError(f"{run} already holds a run (latest {last.name}): pass resume=true to continue it or "
-                        f"overwrite=true to start afresh")
-    for old in ("checkpoints", "images"):  # overwrite: nothing of the old run may mix with the new one
-        shutil.rmtree(run / old, ignore_errors=True)
-    return None
-
-
 def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
-    device, precision = setup(cfg.trainer)
     lc, tc = cfg.tokenizer.loss, cfg.trainer
+    if tc.compile or tc.grad_accum != 1:
+        raise ConfigError("trainer.compile and trainer.grad_accum are for the transformer stages; train-tokenizer "
+                          "runs one process without them")
+    device, precision = setup(cfg.trainer)
     run = Path(cfg.run_dir)
     model = Tokenizer(cfg.tokenizer).to(device)  # validates the architecture before anything is written
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
-    resume_from = _prepare_run_dir(cfg)
+    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite)
     (run / "images").mkdir(parents=True, exist_ok=True)
     yaml = yaml if yaml is not None else to_yaml(cfg)
     (run / "config.yaml").write_text(yaml)

@@ -1,0 +1,1 @@
+"""The autoregressive transformer: sequence layout, model, token data, trainer, sampler."""

@@ -1,0 +1,238 @@
+"""Token data for the transformer stages: `arimg pretokenize` shards to batches of whole sequences.
+
+memory mode (default): every sample is read once into three contiguous tensors on the training device,
+captions (N, L) bytes, their lengths (N,) and visual codes (N, h*w), and each step gathers its batch there
+by index (`Vocab.build`): no per-sample Python and no host-to-device copy in the hot loop. The batch of
+step s is a pure function of (seed, s): a permutation per epoch, the step's slice of it, a caption-dropout
+draw per step. So resuming needs nothing but the step, and under torchrun rank r takes its own contiguous
+part of the same global batch: N processes see exactly the samples one process would, the basis of the
+1-process vs N-process loss parity test.
+
+stream mode, for sets too large for memory: each rank reads its own shards (rank r of W takes every W-th
+shard of the epoch's shuffled order) through a shuffle buffer; the position is again a function of the step.
+
+Samples whose caption, tokens or record cannot be used are skipped and counted (arlm.data.shards), as are
+those a filter (`data.kinds`, `data.caption_regex`, for SFT) leaves out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arlm.config import TokenDataConfig
+from arlm.data.shards import SkipCounter, expand, raw_samples
+from arlm.errors import ConfigError, UserError
+from arlm.transformer.sequence import LayoutError, Vocab
+
+MAX_TEXT = 1024  # bytes of a caption kept in memory; longer ones are refused by the context check anyway
+
+
+def _seed(*parts) -> int:
+    """A seed from its parts, the same in every process (Python's hash() of a str is salted per process)."""
+    return zlib.crc32("-".join(map(str, parts)).encode())
+
+
+@dataclass
+class TokenInfo:
+    """tokens.json, which `arimg pretokenize` writes beside its shards."""
+
+    codebook_size: int
+    tokenizer: str
+    grid: tuple[int, int]
+
+
+def token_info(shards: str) -> TokenInfo:
+    urls = expand(shards)
+    path = Path(urls[0]).parent / "tokens.json"
+    try:
+        raw = json.loads(path.read_text())
+        return TokenInfo(int(raw["codebook_size"]), str(raw["tokenizer"]), tuple(raw["grid"]))
+    except FileNotFoundError:
+        raise UserError(f"no tokens.json beside {urls[0]}: token shards come from `arimg pretokenize`") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"corrupt {path}: {e}") from None
+
+
+def _keep(cfg: TokenDataConfig) -> callable:
+    pattern = re.compile(cfg.caption_regex) if cfg.caption_regex else None
+    kinds = set(cfg.kinds) if cfg.kinds else None
+
+    def keep(caption: str, record: dict | None) -> bool:
+        if kinds is not None and (record or {}).get("kind") not in kinds:
+            return False
+        return pattern is None or bool(pattern.search(caption))
+
+    return keep
+
+
+def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipCounter,
+            raws: Iterator[dict] | None = None) -> Iterator[tuple[bytes, np.ndarray]]:
+    """(caption bytes, (h, w) codes) of each usable sample that passes the filter."""
+    keep = _keep(cfg)
+    for raw in raws if raws is not None else raw_samples(urls, skips):
+        where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+        if "npy" not in raw:
+            skips.add("no tokens", where)
+            continue
+        text = raw.get("txt", b"").strip()
+        try:
+            caption = text.decode("utf-8")
+        except UnicodeDecodeError:
+            caption = ""
+        if not caption:
+            skips.add("no caption", where)
+            continue
+        try:
+            codes = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
+            record = json.loads(raw["json"]) if "json" in raw else None
+        except ValueError:
+            skips.add("corrupt tokens", where)
+            continue
+        if codes.shape != tuple(info.grid) or codes.min() < 0 or codes.max() >= info.codebook_size:
+            skips.add("corrupt tokens", where)
+            continue
+        if not keep(caption, record):
+            skips.add("filtered out", where)
+            continue
+        yield text[:MAX_TEXT], codes
+
+
+def check_fits(vocab: Vocab, grid: tuple[int, int], text_len: int, max_seq_len: int) -> int:
+    """The batch sequence length for captions up to `text_len` bytes; LayoutError when it cannot fit."""
+    try:
+        vocab.check_grid(*grid)
+    except ValueError as e:
+        raise LayoutError(f"token grid {grid[0]}x{grid[1]} does not fit the model: {e}") from None
+    need = vocab.seq_len(text_len, *grid)
+    if need > max_seq_len:
+        raise LayoutError(f"sequences of this data set need {need} tokens ({grid[0]}x{grid[1]} grid, captions up to "
+                          f"{text_len} bytes) but model.max_seq_len is {max_seq_len}")
+    return need
+
+
+class Batches:
+    """Micro-batches (tokens, positions, region) of this rank for a step; see the module docstring."""
+
+    def __init__(self, cfg: TokenDataConfig, vocab: Vocab, info: TokenInfo, max_seq_len: int, device: torch.device,
+                 rank: int = 0, world: int = 1, accum: int = 1) -> None:
+        if cfg.mode not in ("memory", "stream"):
+            raise ConfigError(f"data.mode must be memory or stream, got {cfg.mode!r}")
+        if cfg.batch_size % (world * accum):
+            raise ConfigError(f"data.batch_size {cfg.batch_size} is not a multiple of processes x trainer.grad_accum "
+                              f"= {world} x {accum}")
+        if not 0 <= cfg.caption_dropout <= 1:
+            raise ConfigError(f"data.caption_dropout must lie in [0, 1], got {cfg.caption_dropout}")
+        self.cfg, self.vocab, self.info, self.device = cfg, vocab, info, device
+        self.rank, self.world, self.accum = rank, world, accum
+        self.local = cfg.batch_size // world
+        self.grid = tuple(info.grid)
+        self.urls = expand(cfg.shards)
+        self.skips = SkipCounter()
+        if cfg.mode == "memory":
+            self._load()
+        else:
+            # the longest caption is unknown until read: allow what the context leaves
+            self.text_len = max_seq_len - vocab.seq_len(0, *self.grid)
+            self.seq_len = check_fits(vocab, self.grid, max(self.text_len, 0), max_seq_len)
+            self._stream: Iterator | None = None
+            self._stream_step = -1
+        if cfg.mode == "memory":
+            self.seq_len = check_fits(vocab, self.grid, self.text_len, max_seq_len)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _load(self) -> None:
+        texts, codes = [], []
+        for text, grid in samples(self.urls, self.cfg, self.info, self.skips):
+            texts.append(text)
+            codes.append(grid.reshape(-1))
+        self.skips.log_summary()
+        if len(texts) < self.cfg.batch_size:
+            raise UserError(f"{len(texts)} usable samples in {self.cfg.shards}, fewer than data.batch_size "
+                            f"{self.cfg.batch_size}")
+        self.n = len(texts)
+        self.text_len = max(len(t) for t in texts)
+        text = np.zeros((self.n, self.text_len), dtype=np.uint8)
+        for i, t in enumerate(texts):
+            text[i, :len(t)] = np.frombuffer(t, dtype=np.uint8)
+        self.text = torch.from_numpy(text).to(self.device)  # (N, L)
+        self.lengths = torch.tensor([len(t) for t in texts], device=self.device)  # (N,)
+        self.codes = torch.from_numpy(np.stack(codes)).to(self.device)  # (N, h*w), int16
+        self.steps_per_epoch = self.n // self.cfg.batch_size
+
+    # --- what every mode shares -------------------------------------------------------------------------
+    def _dropout(self, step: int) -> torch.Tensor:
+        """(local,) True where this rank's captions are dropped at `step`: one draw for the global batch."""
+        g = torch.Generator().manual_seed(_seed("dropout", self.cfg.seed, step))
+        drop = torch.rand(self.cfg.batch_size, generator=g) < self.cfg.caption_dropout
+        return drop[self.rank * self.local:(self.rank + 1) * self.local].to(self.device)
+
+    def _micro(self, text, lengths, codes, step) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        lengths = torch.where(self._dropout(step), 0, lengths)
+        tokens, pos, region = self.vocab.build(text, lengths, codes, *self.grid, self.seq_len)
+        m = self.local // self.accum
+        return [(tokens[i:i + m], pos[i:i + m], region[i:i + m]) for i in range(0, self.local, m)]
+
+    def batch(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches of global step `step` (steps are drawn in order in stream mode)."""
+        if self.cfg.mode == "stream":
+            return self._stream_batch(step)
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(_seed("epoch", self.cfg.seed, epoch))
+            self._perm = (epoch, torch.randperm(self.n, generator=g).to(self.device))
+        start = k * self.cfg.batch_size + self.rank * self.local
+        idx = self._perm[1][start:start + self.local]  # (local,)
+        return self._micro(self.text[idx], self.lengths[idx], self.codes[idx], step)
+
+    # --- stream mode ----------------------------------------------------------------------------------
+    def _stream_samples(self) -> Iterator[tuple[bytes, np.ndarray]]:
+        epoch = 0
+        while True:
+            urls = list(self.urls)
+            random.Random(f"token-shards-{self.cfg.seed}-{epoch}").shuffle(urls)
+            if len(urls) >= self.world:
+                raws = raw_samples(urls[self.rank::self.world], self.skips)
+            else:
+                raws = (r for i, r in enumerate(raw_samples(urls, self.skips)) if i % self.world == self.rank)
+            rng, buf, got = random.Random(f"token-buffer-{self.cfg.seed}-{epoch}-{self.rank}"), [], 0
+            for s in samples([], self.cfg, self.info, self.skips, raws):
+                got += 1
+                if len(buf) < max(1, self.cfg.shuffle_buffer):
+                    buf.append(s)
+                    continue
+                i = rng.randrange(len(buf))
+                yield buf[i]
+                buf[i] = s
+            rng.shuffle(buf)
+            yield from buf
+            if got == 0:
+                raise UserError(f"no usable samples for rank {self.rank} in {self.cfg.shards}")
+            epoch += 1
+
+    def _stream_batch(self, step: int):
+        if self._stream is None or step != self._stream_step + 1:  # a fresh or resumed run: skip what was used
+            self._stream = self._stream_samples()
+            for _ in range(step * self.local):
+                next(self._stream)
+        self._stream_step = step
+        rows = [next(self._stream) for _ in range(self.local)]
+        too_long = max(len(t) for t, _ in rows) > self.text_len
+        if too_long:
+            raise LayoutError(f"a caption of {max(len(t) for t, _ in rows)} bytes does not fit model.max_seq_len")
+        text = np.zeros((self.local, self.text_len), dtype=np.uint8)
+        for i, (t, _) in enumerate(rows):
+            text[i, :len(t)] = np.frombuffer(t, dtype=np.uint8)
+        lengths = torch.tensor([len(t) for t, _ in rows])
+        codes = torch.from_numpy(np.stack([c.reshape(-1) for _, c in rows]))
+        return self._micro(torch.from_numpy(text).to(self.device), lengths.to(self.device),
+                           codes.to(self.device), step)

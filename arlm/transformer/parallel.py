@@ -1,0 +1,130 @@
+"""Scale-out, applied from outside the model (torchtitan's parallelize): torchrun's process group, DDP or
+FSDP2, torch.compile, and full (unsharded) state dicts for checkpoints.
+
+One process: nothing is wrapped. Under torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA, one device per
+local rank. `ddp` replicates the model and all-reduces gradients; `fsdp` shards parameters, gradients and
+optimizer state with FSDP2's `fully_shard`, once per block and once at the root (which holds the embedding
+and the head, tied or not). Checkpoints always hold full tensors, so a run saved under one layout loads
+under any other, and in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from arlm.errors import ConfigError
+
+PARALLEL = ("ddp", "fsdp")
+
+
+def init(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device); starts the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # long timeout: rank 0 alone writes pictures and checkpoints while the others wait
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_main() -> bool:
+    """Rank 0, or the only process (also after the process group has ended)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (in place); a no-op in one process."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def parallelize(model: nn.Module, how: str, compile: bool, world: int) -> nn.Module:
+    """The module to train: compiled per block, then DDP-wrapped or FSDP2-sharded (in place) when world > 1.
+    The returned module is called for training; `model` stays the module whose weights are saved."""
+    if how not in PARALLEL:
+        raise ConfigError(f"trainer.parallel must be one of {', '.join(PARALLEL)}, got {how!r}")
+    if compile:
+        for block in model.blocks:  # per block: one graph reused by every layer, fast to compile
+            block.compile()
+    if world == 1:
+        return model
+    if how == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full weights on the CPU (every process takes part when sharded)."""
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's state as plain data: per-parameter-index as PyTorch keeps it (one process, DDP), or
+    full tensors keyed by parameter name when sharded (FSDP2)."""
+    if not _is_sharded(model):
+        return {"layout": "plain", "state": opt.state_dict()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    return {"layout": "fsdp", "state": _to_cpu(sd)}
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, saved: dict) -> None:
+    layout = "fsdp" if _is_sharded(model) else "plain"
+    if saved["layout"] != layout:
+        raise ConfigError(f"the checkpoint's optimizer state was saved {'sharded' if layout == 'plain' else 'unsharded'}"
+                          f": resume with the trainer.parallel and process count it was saved with")
+    if layout == "plain":
+        opt.load_state_dict(saved["state"])
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, saved["state"], options=StateDictOptions(full_state_dict=True))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

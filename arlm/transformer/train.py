@@ -1,0 +1,302 @@
+"""`arimg pretrain` and `arimg sft`: one trainer for every stage of the transformer.
+
+pretrain: next-token loss on the whole sequence, the text and layout targets weighted by `loss.text_weight`.
+sft: starts from a pretrain checkpoint (its model config and weights), loss on the visual tokens only
+(`loss.visual_only`), on a curated set or a filter of one (`data.kinds`, `data.caption_regex`), with its own
+schedule (`trainer=sft`).
+
+The loop: AdamW (no decay on norms and embeddings), warmup + cosine, gradient accumulation, clipping,
+autocast (bf16 where it is fast, arlm.perf), optional torch.compile and weight EMA; parallelism is applied
+from outside (arlm.transformer.parallel). Every `log_every` steps a metrics row (loss, visual loss, lr,
+tokens/s, MFU against the matmul peak measured at start, memory); every `image_every` a sample grid of the
+fixed prompts, judged (arlm.judge), and loss/judge plots; every `ckpt_every` an atomic checkpoint with the
+vocabulary. Rank 0 alone writes; every rank runs the same steps. The batch of a step is a function of the
+step (arlm.transformer.data), so `resume=true` continues the same run: on CPU the losses after a resume
+equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from arlm import checkpoint
+from arlm.config import TrainTransformerConfig, to_yaml
+from arlm.errors import ConfigError, UserError
+from arlm.log import log, progress
+from arlm.perf import DTYPES, matmul_flops, resolve_precision
+from arlm.transformer import parallel
+from arlm.transformer.data import Batches, token_info
+from arlm.transformer.model import Transformer
+from arlm.transformer.sample import check_prompt, generate
+from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R, LayoutError, Vocab
+from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device, rng_state, run_info, seed_all,
+                           set_lr, set_rng_state, autocast)
+from arlm.viz import contact_sheet, line_plot
+
+KIND = "transformer"
+VOCAB_FILE = "vocab.json"
+
+
+def read_vocab(ckpt: Path) -> Vocab:
+    try:
+        return Vocab.from_json((ckpt / VOCAB_FILE).read_text())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: {VOCAB_FILE}: {e}") from None
+
+
+def region_weights(cfg: TrainTransformerConfig, device: torch.device) -> torch.Tensor:
+    """Loss weight of a target by its region (PAD, TEXT, VISUAL, END)."""
+    w = torch.zeros(4, device=device)
+    w[VISUAL_R] = 1.0
+    if not cfg.loss.visual_only:
+        w[TEXT_R], w[END_R] = cfg.loss.text_weight, 1.0
+    w[PAD_R] = 0.0
+    return w
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, region: torch.Tensor,
+               z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective sum, stats) in fp32: sum of weighted cross-entropy (+ z-loss), and the detached sums
+    [weighted ce, weight, visual ce, visual count]. One logsumexp serves both the cross-entropy and the z-loss."""
+    logits = logits.float()
+    lse = logits.logsumexp(-1)  # (B, T)
+    ce = lse - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    obj = (ce * weights).sum()
+    if z_loss > 0:
+        obj = obj + z_loss * (lse.pow(2) * (weights > 0)).sum()
+    vis = region == VISUAL_R
+    stats = torch.stack([(ce * weights).sum(), weights.sum(), (ce * vis).sum(), vis.sum()]).detach()
+    return obj, stats
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay on matmul weights only: norms, biases and embeddings (the tied head included) keep theirs."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and not name.startswith("embed") else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS, KiB on Linux
+
+
+def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab | None:
+    """A run that starts from a checkpoint takes its model config; returns the checkpoint's vocabulary."""
+    if ckpt is None:
+        return None
+    stored = checkpoint.load_config(ckpt, TrainTransformerConfig)
+    if stored.model != cfg.model:
+        log.info("model config from %s", ckpt)
+    cfg.model = stored.model
+    return read_vocab(ckpt)
+
+
+def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
+    """Train the transformer for one stage; returns the run directory."""
+    tc = cfg.trainer
+    if cfg.stage not in ("pretrain", "sft"):
+        raise ConfigError(f"stage must be pretrain or sft, got {cfg.stage!r}")
+    if tc.grad_accum < 1:
+        raise ConfigError("trainer.grad_accum must be at least 1")
+    if tc.ema > 0 and tc.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError("trainer.ema is not supported with trainer.parallel=fsdp yet (use ddp)")
+    rank, world, device = parallel.init(resolve_device(tc.device))
+    try:
+        return _train(cfg, yaml, rank, world, device)
+    finally:
+        parallel.shutdown()
+
+
+def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int, device: torch.device) -> Path:
+    tc = cfg.trainer
+    try:
+        precision = resolve_precision(tc.precision, device)
+    except ValueError as e:
+        raise ConfigError(f"trainer.{e}") from None
+    run = Path(cfg.run_dir)
+    init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
+    if cfg.stage == "sft" and init is None and not cfg.resume:
+        raise ConfigError("sft starts from a pretrain run: pass init_from=RUN")
+    if init is not None and run.resolve() in init.resolve().parents:
+        raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
+    if rank == 0:
+        resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite)
+    parallel.barrier()
+    if rank != 0:
+        resume_from = checkpoint.latest(run) if cfg.resume else None
+    saved_vocab = _setup_model_config(cfg, resume_from or init)
+    info = token_info(cfg.data.shards)
+    vocab = Vocab(info.codebook_size, info.tokenizer)
+    if saved_vocab is not None:
+        if not saved_vocab.compatible(vocab):
+            raise LayoutError(f"the data's vocabulary (codebook {vocab.codebook_size}) is not the checkpoint's "
+                              f"(codebook {saved_vocab.codebook_size}, grid up to {saved_vocab.max_grid})")
+        vocab = Vocab(vocab.codebook_size, vocab.tokenizer or saved_vocab.tokenizer, saved_vocab.max_grid)
+    for prompt in cfg.sample.prompts:
+        check_prompt(vocab, prompt, *info.grid, cfg.model.max_seq_len)
+
+    seed_all(tc.seed)  # the same initial weights in every process
+    model = Transformer(cfg.model, vocab.padded_size)
+    source = resume_from or init
+    if source is not None:
+        checkpoint.load_into(model, checkpoint.load_weights(source, "model"), source)
+        log.info("weights from %s", source)
+    model.to(device)
+    batches = Batches(cfg.data, vocab, info, cfg.model.max_seq_len, device, rank, world, tc.grad_accum)
+    ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    if ema and resume_from is not None:
+        ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
+    net = parallel.parallelize(model, tc.parallel, tc.compile, world)  # what the loop calls
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
+                            fused=device.type == "cuda")
+    step = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        parallel.load_optimizer_state(model, opt, state["opt"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        log.info("resuming %s at step %d", run, step)
+
+    # the config as run: with the model config a checkpoint imposed
+    yaml = to_yaml(OmegaConf.structured(cfg)) if yaml is None or source is not None else yaml
+    if rank == 0:
+        (run / "images").mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml)
+        (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world, "precision": precision,
+                                                  "params": model.num_params()}, indent=1))
+        (run / VOCAB_FILE).write_text(vocab.to_json())
+    metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
+    weights_of = region_weights(cfg, device)
+    flops_tok = model.flops_per_token(batches.seq_len)
+    peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
+    log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
+             cfg.stage, model.num_params() / 1e6, cfg.data.batch_size, batches.seq_len, world, tc.grad_accum, precision)
+    pictures = SamplePictures(cfg, vocab, info.grid, run, rank, precision)
+
+    def save() -> None:
+        weights = {"model": parallel.model_state(model)}
+        if ema:
+            weights["ema"] = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in ema.state_dict().items()}
+        state = {"step": step, "opt": parallel.optimizer_state(model, opt), "rng": rng_state(), "world_size": world}
+        if rank == 0:
+            path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints,
+                                   files={VOCAB_FILE: vocab.to_json().encode()})
+            log.info("checkpoint %s", path)
+        parallel.barrier()
+
+    sums = torch.zeros(4, device=device)  # [weighted ce, weight, visual ce, visual count] since the last log
+    t0, tokens_seen = time.perf_counter(), 0
+    with progress() if rank == 0 else contextlib.nullcontext() as bar:
+        task = bar.add_task(cfg.stage, total=tc.max_steps, completed=step, info="") if bar else None
+        while step < tc.max_steps:
+            lr = lr_at(step, tc)
+            set_lr(opt, lr)
+            micro = batches.batch(step)
+            w_micro = [weights_of[region[:, 1:]] for _, _, region in micro]
+            total = parallel.all_sum(sum(w.sum() for w in w_micro).detach().clone())  # the global batch's weight
+            for i, ((tokens, pos, region), w) in enumerate(zip(micro, w_micro)):
+                last = i == len(micro) - 1
+                sync = net.no_sync() if world > 1 and tc.parallel == "ddp" and not last else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, precision):
+                        logits = net(tokens[:, :-1], pos[:, :-1])  # (B, T-1, V)
+                    obj, stats = token_loss(logits, tokens[:, 1:], w, region[:, 1:], cfg.loss.z_loss)
+                    # / total: the mean over the global batch; * world: DDP and FSDP average gradients
+                    (obj / total * world).backward()
+                sums += stats
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ema:
+                ema.update(model)
+            step += 1
+            tokens_seen += cfg.data.batch_size * batches.seq_len
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                s = parallel.all_sum(sums.clone()).tolist()  # a device sync: only at log steps
+                sums.zero_()
+                elapsed = time.perf_counter() - t0
+                tok_s = tokens_seen / elapsed
+                row = {"step": step, "loss": s[0] / s[1], "loss_visual": s[2] / max(s[3], 1), "lr": lr,
+                       "tok_s": tok_s, "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device)}
+                if metrics:
+                    metrics.write(row)
+                    bar.update(task, completed=step, info=f"loss {row['loss']:.3f}  visual {row['loss_visual']:.3f}  "
+                                                          f"lr {lr:.2e}  {tok_s:,.0f} tok/s  MFU {row['mfu']:.0%}  "
+                                                          f"{row['mem_mib']:,.0f} MiB")
+            if step % tc.image_every == 0 or step == tc.max_steps:
+                pictures.write(step, model, ema, metrics)
+            if step % tc.ckpt_every == 0 or step == tc.max_steps:
+                save()
+    if metrics:
+        metrics.close()
+    batches.skips.log_summary()
+    return run
+
+
+class SamplePictures:
+    """Sample grids of the fixed prompts (EMA weights when kept), judged; loss and judge plots."""
+
+    def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, grid, run: Path, rank: int, precision: str) -> None:
+        self.cfg, self.vocab, self.grid, self.run, self.rank, self.precision = cfg, vocab, tuple(grid), run, rank, precision
+        self._tokenizer = None
+        self.enabled = bool(cfg.sample.prompts) and cfg.sample.n > 0
+        if self.enabled:  # decided alike in every process: under FSDP all of them must sample together
+            try:
+                checkpoint.resolve(vocab.tokenizer, "tokenizer")
+            except UserError as e:
+                log.warning("no sample grids: the image tokenizer of the token shards is not here (%s)", e)
+                self.enabled = False
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from arlm.tokenizer.codec import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.vocab.tokenizer, "cpu")
+        return self._tokenizer
+
+    def write(self, step: int, model: Transformer, ema: EMA | None, metrics: Metrics | None) -> None:
+        if metrics:
+            rows = metrics.rows()
+            line_plot(rows, ["loss", "loss_visual"], self.run / "loss.png", log_y=True)
+        if not self.enabled:
+            return
+        sc = self.cfg.sample
+        backup = None
+        if ema is not None and not parallel._is_sharded(model):
+            backup = {k: v.clone() for k, v in model.state_dict().items()}
+            ema.apply_to(model)
+        with torch.compiler.set_stance("force_eager"):  # shapes change every token: never compile the sampler
+            codes = torch.cat([generate(model, self.vocab, p, *self.grid, sc.n, sc.temperature, sc.top_k,
+                                        sc.seed + i, self.precision) for i, p in enumerate(sc.prompts)])
+        if backup is not None:
+            model.load_state_dict(backup)
+        if self.rank != 0:
+            return
+        from PIL import Image
+
+        from arlm.judge import judge_many, summarize
+
+        images = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in self.tokenizer().decode(codes.cpu())]
+        captions = [p for p in sc.prompts for _ in range(sc.n)]
+        verdicts = list(judge_many(zip(images, captions)))
+        labels = [f"{'OK' if v.ok else 'no'}: {c}" for v, c in zip(verdicts, captions)]
+        contact_sheet(images, labels, cols=max(sc.n, 8)).save(self.run / "images" / f"samples-{step:07d}.png")
+        summary = summarize(verdicts)
+        row = {"step": step, "judge": summary["accuracy"],
+               **{f"judge_{k}": v["accuracy"] for k, v in summary["per_kind"].items()}}
+        if metrics:
+            metrics.write(row)
+            line_plot(metrics.rows(), [k for k in row if k.startswith("judge")], self.run / "judge.png")
+        log.info("step %d: the judge accepts %d of %d samples", step, summary["correct"], summary["n"])

@@ -1,0 +1,38 @@
+"""arimg pretrain, sft."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from arlm.config import to_yaml
+from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit_path
+
+
+def _run(stage: str, overrides: list[str] | None, print_config: bool) -> None:
+    from arlm.transformer.parallel import is_main
+    from arlm.transformer.train import train
+
+    cfg = configured(stage, overrides, print_config)
+    run = train(cfg, to_yaml(cfg))
+    if is_main():  # under torchrun one line, not one per process
+        emit_path(run)
+
+
+def pretrain(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Pretrain the transformer on token shards (next-token loss on the whole sequence). Prints the run
+    directory. Several processes: torchrun --nproc-per-node=N -m cli.main pretrain ..."""
+    _run("pretrain", overrides, print_config)
+
+
+def sft(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Fine-tune a pretrain run (init_from=RUN) on a curated set or a filter (data.kinds=[single]), loss on
+    the visual tokens only. Prints the run directory."""
+    _run("sft", overrides, print_config)

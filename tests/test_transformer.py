@@ -1,0 +1,301 @@
+"""The transformer: sequence layout, model invariants, token data, pretrain/sft end to end, resume,
+checkpoints, bad inputs, and 1-process vs 2-process (DDP, FSDP2) loss parity under torchrun."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from arlm import checkpoint
+from arlm.judge import parse_caption
+from arlm.config import ModelConfig, TokenDataConfig, compose, to_object
+from arlm.transformer.data import Batches, token_info
+from arlm.transformer.model import KVCache, Transformer
+from arlm.transformer.sample import generate
+from arlm.transformer.sequence import PAD_R, TEXT_R, VISUAL_R, Vocab, positions
+from arlm.transformer.train import read_vocab, train
+
+SFT_TINY = ["trainer=tiny", "trainer.compile=false", "data.batch_size=8", "sample.n=1", "sample.prompts=[a red circle]"]
+TINY = ["model=tiny", *SFT_TINY]  # sft has no model group: it takes the pretrain run's model
+
+
+def cfg_of(stage, token_dir, run, *extra):
+    return to_object(compose(stage, [*(TINY if stage == "pretrain" else SFT_TINY), f"data.shards={token_dir}",
+                                     f"run_dir={run}", *extra]))
+
+
+def rows(run):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def loss_rows(run):
+    return [r for r in rows(run) if "loss" in r]
+
+
+# --- sequence ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("caption,h,w", [("a red circle", 4, 4), ("", 2, 5), ("ünïcødé 文字 ✓", 3, 1)])
+def test_sequence_round_trip(caption, h, w):
+    vocab = Vocab(codebook_size=50)
+    grid = torch.randint(0, 50, (h, w))
+    seq = vocab.sequence(caption, grid)
+    assert len(seq) == vocab.seq_len(len(caption.encode()), h, w)
+    back_caption, back_grid = vocab.parse(seq + [vocab.pad] * 3)
+    assert back_caption == caption and torch.equal(back_grid, grid)
+    assert vocab.sequence(back_caption, back_grid) == seq
+    assert max(seq) < vocab.size <= vocab.padded_size and vocab.padded_size % 64 == 0
+
+
+def test_parse_refuses_what_is_not_a_sequence():
+    vocab = Vocab(codebook_size=50)
+    seq = vocab.sequence("ab", torch.zeros(2, 2, dtype=torch.long))
+    for bad in (seq[1:], seq[:-1], seq[:5] + [0] + seq[6:], [vocab.bos, 300, vocab.sov] + seq[3:]):
+        with pytest.raises(ValueError):
+            vocab.parse(bad)
+
+
+def test_batch_build_equals_one_sequence_at_a_time():
+    vocab = Vocab(codebook_size=30)
+    caps = ["a", "three blue squares", ""]
+    h, w = 2, 3
+    codes = torch.randint(0, 30, (3, h * w))
+    L = max(len(c) for c in caps)
+    text = torch.zeros(3, L, dtype=torch.uint8)
+    for i, c in enumerate(caps):
+        text[i, :len(c)] = torch.tensor(list(c.encode()), dtype=torch.uint8)
+    T = vocab.seq_len(L, h, w) + 2
+    tokens, pos, region = vocab.build(text, torch.tensor([len(c) for c in caps]), codes, h, w, T)
+    for i, c in enumerate(caps):
+        seq = vocab.sequence(c, codes[i].view(h, w))
+        assert tokens[i].tolist() == seq + [vocab.pad] * (T - len(seq))
+        assert (region[i, len(seq):] == PAD_R).all() and (region[i] == VISUAL_R).sum() == h * w
+        assert (region[i, :len(c) + 5] == TEXT_R).all()
+        v0 = len(c) + 5  # 2d rope: visual (r, c) at (v0 + r, v0 + c); text at (t, t)
+        assert pos[i, v0 + w + 1].tolist() == [v0 + 1, v0 + 1]
+        assert pos[i, 1].tolist() == [1, 1]
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [{}, {"rope": "1d", "qk_norm": True, "tie_embeddings": False, "n_kv_heads": 2}])
+def test_model_is_causal_and_the_cache_equals_recomputation(extra):
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64, **extra)
+    model = Transformer(cfg, 128).eval()
+    B, T = 2, 20
+    tokens = torch.randint(0, 128, (B, T))
+    pos = positions(torch.arange(T).expand(B, T), torch.tensor([[6], [6]]), 3, 4, 12)
+    full = model(tokens, pos)
+    changed = tokens.clone()
+    changed[:, 15] = (changed[:, 15] + 1) % 128
+    assert torch.equal(model(changed, pos)[:, :15], full[:, :15])  # the future never leaks back
+    cache = KVCache(cfg, B, T, "cpu", torch.float32)
+    steps = [model(tokens[:, :8], pos[:, :8], cache)]  # prefill, then one token at a time, then a block of 3
+    for t in range(8, 17):
+        steps.append(model(tokens[:, t:t + 1], pos[:, t:t + 1], cache))
+    steps.append(model(tokens[:, 17:], pos[:, 17:], cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_goes_down_on_a_fixed_batch():
+    from arlm.transformer.train import token_loss
+
+    torch.manual_seed(0)
+    vocab = Vocab(codebook_size=16)
+    model = Transformer(ModelConfig(dim=48, n_layers=2, n_heads=4, max_seq_len=64), vocab.padded_size)
+    seqs = [vocab.sequence(f"word {i}", torch.randint(0, 16, (4, 4))) for i in range(4)]
+    tokens = torch.tensor(seqs)
+    pos = positions(torch.arange(tokens.shape[1]).expand(4, -1), torch.full((4, 1), 11), 4, 4, 16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        obj, stats = token_loss(model(tokens[:, :-1], pos[:, :-1]), tokens[:, 1:], torch.ones(4, tokens.shape[1] - 1),
+                                torch.full((4, tokens.shape[1] - 1), VISUAL_R), 1e-4)
+        (obj / stats[1]).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(stats[0] / stats[1]))
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_sampler_emits_whole_grids_reproducibly():
+    torch.manual_seed(0)
+    vocab = Vocab(codebook_size=20)
+    model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64), vocab.padded_size)
+    a = generate(model, vocab, "a red circle", 3, 5, n=2, seed=3)
+    assert a.shape == (2, 3, 5) and a.min() >= 0 and a.max() < 20
+    assert torch.equal(a, generate(model, vocab, "a red circle", 3, 5, n=2, seed=3))
+    assert torch.equal(generate(model, vocab, "x", 2, 2, 1, temperature=0), generate(model, vocab, "x", 2, 2, 1, temperature=0))
+
+
+# --- token data -----------------------------------------------------------------------------------------
+
+def test_ranks_split_the_global_batch_of_one_process(token_dir):
+    info = token_info(str(token_dir))
+    vocab = Vocab(info.codebook_size, info.tokenizer)
+    cfg = TokenDataConfig(shards=str(token_dir), batch_size=8, caption_dropout=0.5)
+    one = Batches(cfg, vocab, info, 192, torch.device("cpu"))
+    parts = [Batches(cfg, vocab, info, 192, torch.device("cpu"), rank=r, world=2, accum=2) for r in range(2)]
+    for step in (0, 1, 7):  # 48 samples, 6 steps per epoch: step 7 is in the second epoch
+        whole = one.batch(step)[0][0]
+        split = torch.cat([m[0] for p in parts for m in p.batch(step)])
+        assert torch.equal(whole, split)
+        for seq in whole.tolist():
+            caption, grid = vocab.parse(seq)
+            assert grid.shape == tuple(info.grid)
+    assert not torch.equal(one.batch(0)[0][0], one.batch(1)[0][0])
+    dropped = sum(vocab.parse(s)[0] == "" for step in range(6) for s in one.batch(step)[0][0].tolist())
+    assert 8 <= dropped <= 40  # about half of 48
+
+
+def test_stream_mode_and_filters(token_dir):
+    info = token_info(str(token_dir))
+    vocab = Vocab(info.codebook_size, info.tokenizer)
+    cfg = TokenDataConfig(shards=str(token_dir), batch_size=4, mode="stream", caption_dropout=0.0,
+                          kinds=["single"], shuffle_buffer=8)
+    stream = Batches(cfg, vocab, info, 192, torch.device("cpu"))
+    seen = [vocab.parse(s)[0] for step in range(4) for s in stream.batch(step)[0][0].tolist()]
+    assert len(seen) == 16 and all(parse_caption(c).kind == "single" for c in seen)
+    again = Batches(cfg, vocab, info, 192, torch.device("cpu"))  # a resumed run starts at its step
+    assert torch.equal(again.batch(3)[0][0], stream.batch(3)[0][0])
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory, token_dir):
+    run = tmp_path_factory.mktemp("pt") / "run"
+    return train(cfg_of("pretrain", token_dir, run, "trainer.image_every=2", "trainer.ema=0.9"))
+
+
+def test_tiny_pretrain_writes_a_complete_run_dir(pretrain_run):
+    names = {p.name for p in pretrain_run.iterdir()}
+    assert {"config.yaml", "run.json", "metrics.jsonl", "vocab.json", "checkpoints", "images", "loss.png",
+            "judge.png"} <= names
+    assert sorted(p.name for p in (pretrain_run / "images").iterdir()) == ["samples-0000002.png", "samples-0000004.png"]
+    r = loss_rows(pretrain_run)
+    assert [x["step"] for x in r] == [1, 2, 3, 4] and all(x["tok_s"] > 0 and 0 < x["mfu"] for x in r)
+    judged = [x for x in rows(pretrain_run) if "judge" in x]
+    assert [x["step"] for x in judged] == [2, 4] and all(0 <= x["judge"] <= 1 for x in judged)
+    ckpt = checkpoint.resolve(pretrain_run, "transformer")
+    assert {"model.safetensors", "ema.safetensors", "state.pt", "vocab.json"} <= {p.name for p in ckpt.iterdir()}
+    assert read_vocab(ckpt) == Vocab.from_json((pretrain_run / "vocab.json").read_text())
+
+
+def test_sft_starts_from_pretrain_and_learns_visual_tokens_only(tmp_path, token_dir, pretrain_run, run_cli):
+    code, out, err = run_cli("sft", *SFT_TINY, f"data.shards={token_dir}", f"run_dir={tmp_path / 'sft'}",
+                             f"init_from={pretrain_run}", "model.dim=32", "data.kinds=[single]", "trainer.image_every=100")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "sft")
+    stored = checkpoint.load_config(checkpoint.resolve(tmp_path / "sft", "transformer"), type(cfg_of("sft", token_dir, tmp_path)))
+    assert stored.model.dim == 64  # the pretrain run's model, whatever the overrides said
+    for r in loss_rows(tmp_path / "sft"):
+        assert r["loss"] == pytest.approx(r["loss_visual"], rel=1e-5)  # visual tokens only
+    first_pre = loss_rows(pretrain_run)[0]["loss_visual"]
+    assert loss_rows(tmp_path / "sft")[0]["loss_visual"] < first_pre  # it starts from the trained weights
+
+
+def test_resume_continues_the_same_run(tmp_path, token_dir):
+    extra = ["trainer.ckpt_every=2", "trainer.ema=0.9", "trainer.grad_accum=2", "loss.z_loss=1e-4",
+             "trainer.image_every=100"]
+    full = train(cfg_of("pretrain", token_dir, tmp_path / "full", *extra))
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-0000004")
+    (cut / "checkpoints" / "latest").write_text("step-0000002")
+    train(cfg_of("pretrain", token_dir, cut, *extra, "resume=true"))
+    a, b = loss_rows(full), loss_rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("tok_s", "mfu", "mem_mib"):
+            ra.pop(k), rb.pop(k)
+        assert ra == rb
+    for name in ("model", "ema"):
+        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (full, cut))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, token_dir, pretrain_run, tiny_run, run_cli):
+    def run(*args):
+        code, out, err = run_cli(*args)
+        errors = [ln for ln in err.splitlines() if ln.startswith("arimg: error:")]
+        assert len(errors) == 1 and "Traceback" not in err and not out, err  # logs may come before it
+        return code, errors[0]
+
+    common = [*TINY, f"data.shards={token_dir}"]
+    code, err = run("sft", *SFT_TINY, f"data.shards={token_dir}", f"run_dir={tmp_path / 'a'}", f"init_from={tiny_run}")
+    assert code == 2 and "'tokenizer' checkpoint" in err
+    code, err = run("pretrain", *common, f"run_dir={tmp_path / 'b'}", "model.max_seq_len=40", "sample.prompts=[]")
+    assert code == 2 and "sequences of this data set need" in err and "max_seq_len" in err
+    code, err = run("pretrain", *common, f"run_dir={tmp_path / 'c'}", f"sample.prompts=[{'x' * 150}]")
+    assert code == 2 and "context" in err
+    code, err = run("pretrain", *common, f"run_dir={tmp_path / 'd'}", "model.nope=1")
+    assert code == 2
+    # a data set of another vocabulary: the same tokens, said to come from a 32-code tokenizer
+    other = tmp_path / "other"
+    shutil.copytree(token_dir, other)
+    meta = json.loads((other / "tokens.json").read_text())
+    (other / "tokens.json").write_text(json.dumps({**meta, "codebook_size": 4096}))
+    code, err = run("sft", *SFT_TINY, f"data.shards={other}", f"run_dir={tmp_path / 'e'}", f"init_from={pretrain_run}")
+    assert code == 2 and "vocabulary" in err
+    (tmp_path / "f").mkdir()
+    code, err = run("sft", *SFT_TINY, f"data.shards={token_dir}", f"run_dir={tmp_path / 'f' / 'run'}",
+                    f"init_from={tmp_path / 'f'}")
+    assert code == 1 and "checkpoint" in err
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path, token_dir):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
+            "trainer.max_steps=100000", "trainer.ckpt_every=1", "trainer.log_every=1000", "trainer.image_every=100000",
+            "model.dim=128", "overwrite=true"]
+    for delay in (0.0, 0.1, 0.3):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while checkpoint.latest(run) is None or checkpoint.latest(run).name == "step-0000001":
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ckpt = checkpoint.resolve(run, "transformer")
+        cfg = checkpoint.load_config(ckpt, type(cfg_of("pretrain", token_dir, run)))
+        model = Transformer(cfg.model, read_vocab(ckpt).padded_size)
+        checkpoint.load_into(model, checkpoint.load_weights(ckpt), ckpt)
+        assert checkpoint.load_state(ckpt)["step"] >= 1
+
+
+# --- several processes ------------------------------------------------------------------------------------
+
+def _torchrun(tmp_path, token_dir, name, nproc, *extra):
+    run = tmp_path / name
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}", "trainer.max_steps=3",
+           "trainer.image_every=100", "trainer.ckpt_every=3", "loss.z_loss=1e-4", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(run)  # one line: rank 0 alone prints
+    return run
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_give_the_loss_of_one(tmp_path, token_dir, parallel):
+    one = train(cfg_of("pretrain", token_dir, tmp_path / "one", "trainer.max_steps=3", "trainer.image_every=100",
+                       "trainer.ckpt_every=3", "loss.z_loss=1e-4"))
+    two = _torchrun(tmp_path, token_dir, "two", 2, f"trainer.parallel={parallel}")
+    a, b = loss_rows(one), loss_rows(two)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)  # the first step: same samples, same weights
+    for ra, rb in zip(a, b):  # later steps: the gradients were averaged the same way
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+    wa, wb = (checkpoint.load_weights(checkpoint.latest(r)) for r in (one, two))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
