@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
@@ -85,7 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=330, help="tokens per sequence (default: the demo's)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps, after warm-up steps")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per round, after warm-up steps")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round counts")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled run")
@@ -116,22 +118,23 @@ def main() -> None:
     del probe
     tok_step = B * (T - 1)
 
-    results: dict[str, float] = {}
-    runs = [("arimg", False)] + ([] if args.no_compile else [("arimg, torch.compile", True)])
-    for name, comp in runs:
-        log.info(f"{name}: {args.steps} steps...")
-        model, step = ours_step(cfg, vocab_size, tokens, pos, device, precision, comp)
-        results[name] = tok_step * args.steps / timed(step, args.steps, device, warmup=3 if comp else 2)
-        del model
+    # every model is built and warmed up first, then timed in interleaved rounds (median kept): this
+    # machine's speed drifts, and timing one model after another would charge the drift to one of them
+    steps: dict = {}
+    for name, comp in [("arimg", False)] + ([] if args.no_compile else [("arimg, torch.compile", True)]):
+        steps[name] = ours_step(cfg, vocab_size, tokens, pos, device, precision, comp)
     hf_params = None
     try:
-        log.info("transformers LlamaForCausalLM: steps...")
-        model, step = hf_step(cfg, vocab_size, tokens, device, precision)
-        hf_params = sum(p.numel() for p in model.parameters())
-        results["transformers LlamaForCausalLM"] = tok_step * args.steps / timed(step, args.steps, device)
-        del model
+        steps["transformers LlamaForCausalLM"] = hf_step(cfg, vocab_size, tokens, device, precision)
+        hf_params = sum(p.numel() for p in steps["transformers LlamaForCausalLM"][0].parameters())
     except ImportError:
         log.warning("transformers is not installed (pip install -e '.[bench]'): no reference row")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.rounds):
+        for name, (_, step) in steps.items():
+            log.info(f"round {r + 1}/{args.rounds}: {name}, {args.steps} steps...")
+            times[name].append(timed(step, args.steps, device, warmup=3 if r == 0 else 1))
+    results = {name: tok_step * args.steps / statistics.median(t) for name, t in times.items()}
 
     ref = results.get("transformers LlamaForCausalLM")
     m = cfg.model
@@ -145,6 +148,7 @@ def main() -> None:
     print(f"| model | tokens/s | vs transformers | MFU vs bf16 peak | MFU vs {precision} peak |")
     print("|---|---|---|---|---|")
     report = {"overrides": args.overrides, "device": device.type, "precision": precision, "batch": B, "seq_len": T,
+              "rounds": {name: [round(tok_step * args.steps / x, 1) for x in t] for name, t in times.items()},
               "params": n_params, "flops_per_token": flops_tok, "matmul_peak_flops": {k: round(v) for k, v in peaks.items()},
               "tokens_per_s": {}, "vs_transformers": {}, "mfu_vs_bf16": {}, "mfu_vs_used": {}}
     for name, tok_s in results.items():

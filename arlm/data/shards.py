@@ -33,6 +33,7 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 REASONS = ("truncated shard", "no image", "no caption", "corrupt image", "corrupt json", "no tokens", "corrupt tokens",
            "filtered out")
 WARN_LIMIT = 5  # per reason; the totals are logged at the end anyway
+QUIET = ("filtered out",)  # asked for (a filter), not a fault: only counted
 
 
 class SkipCounter:
@@ -46,7 +47,7 @@ class SkipCounter:
         with self._counts.get_lock():
             self._counts[i] += 1
             n = self._counts[i]
-        if n <= WARN_LIMIT:
+        if n <= WARN_LIMIT and reason not in QUIET:
             log.warning("skipped %s: %s%s", where, reason, " (further ones counted, not logged)" if n == WARN_LIMIT else "")
 
     def as_dict(self) -> dict[str, int]:
