@@ -34,6 +34,12 @@ def init(device: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         # long timeout: rank 0 alone writes pictures and checkpoints while the others wait
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
+    if dist.get_rank() != 0:  # one voice on stderr: the other ranks log warnings and errors only
+        import logging
+
+        from arlm.log import log
+
+        log.setLevel(logging.WARNING)
     return dist.get_rank(), dist.get_world_size(), device
 
 
