@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from cli import data, eval as eval_cmds, tokenizer, transformer
+from cli import data, eval as eval_cmds, sample, tokenizer, transformer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",
@@ -28,6 +28,7 @@ app.command("detokenize")(tokenizer.detokenize_cmd)
 app.command("pretokenize")(tokenizer.pretokenize_cmd)
 app.command("pretrain")(transformer.pretrain)
 app.command("sft")(transformer.sft)
+app.command("sample")(sample.sample_cmd)
 
 
 def _fail(message: str, code: int) -> int:

@@ -57,3 +57,14 @@ def run_cli(capsys):
 
 
 KINDS = synth.KINDS
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, token_dir):
+    """A tiny transformer run (4 pretrain steps on the tiny token shards; 8x8 grids of 64 codes)."""
+    from arlm.config import compose, to_object
+    from arlm.transformer.train import train
+
+    run = tmp_path_factory.mktemp("lm") / "run"
+    return train(to_object(compose("pretrain", ["model=tiny", "trainer=tiny", "trainer.compile=false", "sample.n=0",
+                                                "data.batch_size=8", f"data.shards={token_dir}", f"run_dir={run}"])))

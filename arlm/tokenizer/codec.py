@@ -78,7 +78,7 @@ def _safe_stem(path: str) -> str:
     return stem or "image"
 
 
-def _read_image(path: str, size: tuple[int, int] | None) -> Image.Image:
+def read_image(path: str, size: tuple[int, int] | None) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
@@ -93,7 +93,7 @@ def tokenize(tok: Loaded, paths: Iterable[str], size: str | None = None) -> Iter
     target = parse_size(size) if size else None
     for path in paths:
         try:
-            image = _read_image(path, target)
+            image = read_image(path, target)
             h, w = image.height, image.width
             if h % tok.model.stride or w % tok.model.stride:
                 raise UserError(f"{path}: size {h}x{w} is not a multiple of the tokenizer's stride "

@@ -1,19 +1,74 @@
-"""A plain sampler for the training stages: one prompt at a time, its images as one batch, a KV cache,
-temperature and top-k over the visual ids only. The layout is the sampler's, not the model's: it feeds
-`[BOS] text [SOV] h w [SOT]` and then draws exactly h*w visual ids, so a sample is always a whole grid.
+"""The decoding engine: batched, KV-cached, classifier-free-guided sampling of whole token grids.
 
-Used for the sample grids written while training and for judging them (arlm.judge); `arimg sample` builds
-on the same pieces.
+One prefill of every row's prefix, then one token per step for the whole batch. The layout is the
+sampler's, not the model's: it feeds `[BOS] text [SOV] h w [SOT]` (plus any kept rows of an image to
+complete) and then draws exactly the remaining visual ids, only among visual ids, so a sample is always a
+whole grid and the end tokens need no drawing.
+
+- Rows of different prompt lengths are left-padded to one length; an attention mask hides the pads and
+  each row's rope positions start at its own first token, so a row samples as it would alone.
+- Classifier-free guidance (Ho & Salimans, 2022; as in LlamaGen): each conditional row has an
+  unconditional twin (the empty caption, what caption dropout trained) in the same batch; the logits are
+  `u + s * (c - u)` and the drawn token is fed to both. `s` may follow a schedule over the grid: constant,
+  a linear ramp from 1 (Muse, Chang et al., 2023), or on only within an interval of the grid (Kynkäänniemi
+  et al., 2024). With s = 1 everywhere no twin is run: `--cfg 1` is plain conditional sampling.
+- Temperature, top-k and top-p act on the guided logits; softmax statistics in fp32.
+- Every image draws from its own generator (seeded per image), so image i is the same whatever the batch
+  it is sampled in.
+
+Shapes: B images (rows 2B with guidance), P prefix columns, n = h*w visual tokens, K codes.
 """
 
 from __future__ import annotations
 
-import torch
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+
+from arlm.perf import DTYPES
 from arlm.transformer.model import KVCache, Transformer
 from arlm.transformer.sequence import LayoutError, Vocab, positions
-from arlm.perf import DTYPES
 from arlm.training import autocast
+
+SCHEDULES = ("constant", "linear", "interval")
+
+
+@dataclass
+class Settings:
+    """How to draw: guidance and filters."""
+
+    cfg: float = 1.0  # guidance scale; 1 = none
+    cfg_schedule: str = "constant"  # constant | linear (from 1 to cfg over the grid) | interval
+    cfg_interval: tuple[float, float] = (0.0, 1.0)  # interval: guidance on for grid fractions in [lo, hi)
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    def check(self) -> None:
+        if self.cfg_schedule not in SCHEDULES:
+            raise ValueError(f"cfg schedule must be one of {', '.join(SCHEDULES)}, got {self.cfg_schedule!r}")
+        lo, hi = self.cfg_interval
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"cfg interval must satisfy 0 <= lo < hi <= 1, got {lo},{hi}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature >= 0, top-k >= 0 and 0 < top-p <= 1, please")
+
+    def scale(self, j: int, n: int) -> float:
+        """Guidance scale for visual token j of n."""
+        if self.cfg_schedule == "linear":
+            return 1 + (self.cfg - 1) * (j + 1) / n
+        if self.cfg_schedule == "interval":
+            lo, hi = self.cfg_interval
+            return self.cfg if lo <= j / n < hi else 1.0
+        return self.cfg
+
+    def guided(self, n: int) -> bool:
+        return any(self.scale(j, n) != 1 for j in range(n))
 
 
 def check_prompt(vocab: Vocab, prompt: str, h: int, w: int, max_seq_len: int) -> list[int]:
@@ -26,42 +81,103 @@ def check_prompt(vocab: Vocab, prompt: str, h: int, w: int, max_seq_len: int) ->
     return prefix
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> torch.Tensor:
-    """One id per row from (B, K) logits: greedy at temperature 0; softmax statistics in fp32."""
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+def filter_logits(logits: torch.Tensor, s: Settings) -> torch.Tensor:
+    """Temperature, top-k, top-p on (B, K) fp32 logits (temperature 0 is handled by the caller)."""
+    logits = logits / s.temperature
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = logits.topk(s.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+    if s.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p (>= 1 id)
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, s: Settings, gens: list[torch.Generator]) -> torch.Tensor:
+    """One id per row of (B, K) logits, row r from generator r."""
+    logits = logits.float()
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, s).softmax(-1)
+    return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
 
 
 @torch.no_grad()
-def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: int, temperature: float = 1.0,
-             top_k: int = 0, seed: int = 0, precision: str = "fp32") -> torch.Tensor:
-    """(n, h, w) visual codes for one prompt."""
+def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int], h: int, w: int,
+           settings: Settings = Settings(), precision: str = "fp32", keep: torch.Tensor | None = None,
+           use_cache: bool = True, steps: int | None = None) -> torch.Tensor:
+    """(B, h, w) visual codes, one image per (prompt, seed). `keep` (B, k, w): the first k rows of each grid,
+    kept as given (image completion). `use_cache=False` recomputes the whole sequence at every step (the
+    benchmark's baseline); `steps` stops after that many drawn tokens (benchmarks; the rest stays 0)."""
+    settings.check()
     device = next(model.parameters()).device
-    prefix = check_prompt(vocab, prompt, h, w, model.cfg.max_seq_len)
-    P, m = len(prefix), h * w
-    pos = positions(torch.arange(P + m, device=device)[None], torch.tensor([[P]], device=device), h, w, m)
-    pos = pos.expand(n, -1, -1)  # (n, P + m, 2)
-    gen = torch.Generator(device).manual_seed(seed)
-    out = torch.empty(n, m, dtype=torch.long, device=device)
+    B, n = len(prompts), h * w
+    kept = 0 if keep is None else keep.shape[1] * w
+    guided = settings.guided(n)
+    texts = list(prompts) + ([""] * B if guided else [])  # unconditional twins after the conditional rows
+    prefixes = [check_prompt(vocab, t, h, w, model.cfg.max_seq_len) for t in texts]
+    R, P = len(texts), max(len(p) for p in prefixes) + kept
+    total = P + n - kept  # columns once every token is in
+    pad = torch.tensor([P - kept - len(p) for p in prefixes], device=device)  # (R,) left padding
+    tokens = torch.full((R, total), vocab.pad, dtype=torch.long, device=device)
+    for r, p in enumerate(prefixes):
+        tokens[r, pad[r]:P - kept] = torch.tensor(p, device=device)
+    if kept:
+        tokens[:, P - kept:P] = keep.reshape(B, kept).repeat(R // B, 1).to(device) + vocab.visual0
+    col = torch.arange(total, device=device)
+    t = (col - pad[:, None]).clamp(min=0)  # (R, total) each row's own token index
+    v0 = torch.tensor([len(p) for p in prefixes], device=device)[:, None]  # first visual index per row
+    pos = positions(t, v0, h, w, n)  # (R, total, 2)
+    valid = col[None] >= pad[:, None]  # (R, total) keys that are not padding
+    padded = bool((pad > 0).any())
+
+    def mask(start: int, end: int) -> torch.Tensor | None:
+        """(R, 1, end-start, end) for queries start..end-1: causal, pads hidden (a pad query sees itself)."""
+        if not padded:
+            return None
+        q, k = col[start:end, None], col[None, :end]
+        m = (k <= q)[None] & valid[:, None, :end]
+        return (m | (k == q)[None]).unsqueeze(1)
+
+    gens = [torch.Generator(device).manual_seed(int(sd)) for sd in seeds]
+    out = torch.zeros(B, n, dtype=torch.long, device=device)
+    if kept:
+        out[:, :kept] = keep.reshape(B, kept).to(device)
+    K, lo = vocab.codebook_size, vocab.visual0
     was = model.training
     model.eval()
     with autocast(device, precision):
-        cache = KVCache(model.cfg, n, P + m, device, DTYPES[precision])
-        tokens = torch.tensor(prefix, device=device).expand(n, P)
-        logits = model(tokens, pos[:, :P], cache)[:, -1]  # (n, V)
-        for j in range(m):
-            code = pick(logits[:, vocab.visual0:vocab.visual0 + vocab.codebook_size], temperature, top_k, gen)
+        cache = KVCache(model.cfg, R, total, device, DTYPES[precision]) if use_cache else None
+        cur = P
+        logits = model(tokens[:, :P], pos[:, :P], cache, mask(0, P))[:, -1]  # (R, V)
+        last = n if steps is None else min(n, kept + steps)
+        for j in range(kept, last):
+            vis = logits[:, lo:lo + K].float()
+            if guided:
+                cond, unc = vis[:B], vis[B:]
+                vis = unc + settings.scale(j, n) * (cond - unc)
+            code = draw(vis, settings, gens)  # (B,)
             out[:, j] = code
-            if j + 1 < m:
-                logits = model((code + vocab.visual0)[:, None], pos[:, P + j:P + j + 1], cache)[:, -1]
+            tokens[:, cur] = (code + lo).repeat(R // B)
+            cur += 1
+            if j + 1 == last:
+                break
+            if use_cache:
+                logits = model(tokens[:, cur - 1:cur], pos[:, cur - 1:cur], cache, mask(cur - 1, cur))[:, -1]
+            else:
+                logits = model(tokens[:, :cur], pos[:, :cur], None, mask(0, cur))[:, -1]
     model.train(was)
-    return out.view(n, h, w)
+    return out.view(B, h, w)
+
+
+def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: int, temperature: float = 1.0,
+             top_k: int = 0, seed: int = 0, precision: str = "fp32") -> torch.Tensor:
+    """(n, h, w) codes for one prompt without guidance: the training stages' sample grids. Image i draws
+    from seed + i."""
+    return sample(model, vocab, [prompt] * n, [seed * 1000 + i for i in range(n)], h, w,
+                  Settings(temperature=temperature, top_k=top_k), precision)
 
 
 def load_model(path, device: str = "auto", ema: bool = True):
@@ -81,3 +197,148 @@ def load_model(path, device: str = "auto", ema: bool = True):
         weights = {**weights, **checkpoint.load_weights(ckpt, "ema")}
     checkpoint.load_into(model, weights, ckpt)
     return model.to(resolve_device(device)).eval(), vocab, cfg
+
+
+# --------------------------------------------------------------------------------------------------------
+# `arimg sample`: prompts in, PNG files and one JSON line per image out
+
+
+def image_seed(seed: int, prompt: str, index: int) -> int:
+    """The seed of image `index` of `prompt`: the same wherever the prompt comes in a run or batch."""
+    return zlib.crc32(f"{seed}\0{prompt}\0{index}".encode())
+
+
+@dataclass
+class Request:
+    n: int = 1
+    batch_size: int = 16
+    seed: int = 0
+    size: str | None = None  # "N" or "HxW" pixels; None: the grid the model was trained on
+    grid_sheet: bool = False  # one contact sheet per prompt
+    prefix_image: str | None = None  # image completion: keep the first keep_rows token rows of this image
+    keep_rows: int = 0
+
+
+class Sampler:
+    """A transformer run with its image tokenizer, ready to turn prompts into images."""
+
+    def __init__(self, ckpt: str, settings: Settings, request: Request, device: str = "auto") -> None:
+        from arlm.errors import ConfigError
+        from arlm.perf import resolve_precision
+        from arlm.synth import parse_size
+        from arlm.tokenizer.codec import load_tokenizer
+
+        try:
+            settings.check()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if request.n < 1 or request.batch_size < 1:
+            raise ConfigError("--n and --batch-size must be at least 1")
+        self.model, self.vocab, _ = load_model(ckpt, device)
+        self.device = next(self.model.parameters()).device
+        self.precision = resolve_precision("auto", self.device)
+        self.tok = load_tokenizer(self.vocab.tokenizer, str(self.device))
+        self.settings, self.request = settings, request
+        stride = self.tok.model.stride
+        if request.size is not None:
+            try:
+                H, W = parse_size(request.size)
+            except ValueError as e:
+                raise ConfigError(f"--size: {e}") from None
+            if H % stride or W % stride:
+                raise ConfigError(f"--size {request.size} is not a multiple of the tokenizer's stride {stride}")
+            self.grid = (H // stride, W // stride)
+        elif self.vocab.grid:
+            self.grid = tuple(self.vocab.grid)
+        else:
+            raise ConfigError("this run does not say its grid: pass --size")
+        try:
+            self.vocab.check_grid(*self.grid)
+        except ValueError as e:
+            raise ConfigError(f"--size: {e}") from None
+        self.keep = self._prefix(request) if request.prefix_image else None
+
+    def _prefix(self, request: Request) -> torch.Tensor:
+        from arlm.errors import ConfigError
+        from arlm.tokenizer.codec import read_image
+
+        h, w = self.grid
+        if not 0 < request.keep_rows < h:
+            raise ConfigError(f"--keep-rows must lie in 1..{h - 1} for a {h}x{w} grid, got {request.keep_rows}")
+        stride = self.tok.model.stride
+        image = read_image(request.prefix_image, (h * stride, w * stride))
+        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+        return self.tok.encode(x)[0, :request.keep_rows]  # (k, w)
+
+    def settings_json(self) -> dict:
+        s = self.settings
+        out = {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature, "top_k": s.top_k,
+               "top_p": s.top_p, "grid": list(self.grid)}
+        if s.cfg_schedule == "interval":
+            out["cfg_interval"] = list(s.cfg_interval)
+        if self.keep is not None:
+            out.update(prefix_image=self.request.prefix_image, keep_rows=self.request.keep_rows)
+        return out
+
+    def run(self, prompts: Iterable, out_dir: str | Path, eager: bool = False) -> Iterator[dict | Exception]:
+        """One record per image ({"prompt", "index", "seed", "settings", "path"}), or the error of a prompt.
+        `prompts` yields strings (or exceptions to pass on); `eager`: sample each prompt as soon as it comes
+        (streaming stdin) instead of filling batches across prompts."""
+        from arlm.errors import UserError
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        req, h, w = self.request, *self.grid
+        pending: list[tuple[int, str, int]] = []  # (prompt number, prompt, image index)
+        done: dict[int, list[dict]] = {}
+
+        def flush(limit: int) -> Iterator[dict]:
+            while len(pending) >= limit and pending:
+                batch, pending[:] = pending[:req.batch_size], pending[req.batch_size:]
+                keep = None if self.keep is None else self.keep.unsqueeze(0).expand(len(batch), -1, -1)
+                codes = sample(self.model, self.vocab, [p for _, p, _ in batch],
+                               [image_seed(req.seed, p, i) for _, p, i in batch], h, w, self.settings,
+                               self.precision, keep)
+                for (k, p, i), img in zip(batch, self.tok.decode(codes.cpu())):
+                    path = out / f"{k:05d}-{i:03d}.png"
+                    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+                    rec = {"prompt": p, "index": i, "seed": req.seed, "image_seed": image_seed(req.seed, p, i),
+                           "settings": self.settings_json(), "path": str(path)}
+                    done.setdefault(k, []).append(rec)
+                    if len(done[k]) == req.n:
+                        yield from self._finish(k, done.pop(k), out)
+
+        for k, prompt in enumerate(prompts):
+            if isinstance(prompt, Exception):
+                yield prompt
+                continue
+            try:
+                check_prompt(self.vocab, prompt, h, w, self.model.cfg.max_seq_len)
+            except UserError as e:
+                yield UserError(f"prompt {k + 1}: {e}")
+                continue
+            pending.extend((k, prompt, i) for i in range(req.n))
+            yield from flush(1 if eager else req.batch_size)
+        yield from flush(1)
+
+    def _finish(self, k: int, records: list[dict], out: Path) -> Iterator[dict]:
+        if self.request.grid_sheet:
+            from arlm.viz import contact_sheet
+
+            sheet = out / f"{k:05d}-grid.png"
+            contact_sheet([Image.open(r["path"]) for r in records], cols=min(8, len(records)), cell=128).save(sheet)
+            for r in records:
+                r["sheet"] = str(sheet)
+        yield from records
+
+
+def read_prompts(stream) -> Iterator[str | Exception]:
+    """Prompts from a binary stream, one per line, as they come; a line that is not UTF-8 is an error
+    of its own (the others go on). An empty line is the empty prompt: an unconditional sample."""
+    from arlm.errors import UserError
+
+    for n, raw in enumerate(stream, 1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield UserError(f"stdin line {n}: not UTF-8")

@@ -40,6 +40,7 @@ class Vocab:
     tokenizer: str = ""  # the image tokenizer checkpoint whose codes the visual ids are
     max_grid: int = 64  # largest grid side a `meta` token can say
     text: str = "utf8-bytes"
+    grid: tuple[int, int] | None = None  # the grid the model was trained on: the sampler's default
 
     pad = N_BYTES + SPECIALS.index("PAD")
     bos = N_BYTES + SPECIALS.index("BOS")
@@ -70,7 +71,8 @@ class Vocab:
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("text") != "utf8-bytes":
             raise ValueError("not an arimg vocabulary")
-        return cls(**{k: raw[k] for k in ("codebook_size", "tokenizer", "max_grid", "text")})
+        grid = tuple(raw["grid"]) if raw.get("grid") else None
+        return cls(**{k: raw[k] for k in ("codebook_size", "tokenizer", "max_grid", "text")}, grid=grid)
 
     def compatible(self, other: "Vocab") -> bool:
         """Same ids for the same things (the tokenizer path may differ, its codebook may not)."""

@@ -137,12 +137,13 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         resume_from = checkpoint.latest(run) if cfg.resume else None
     saved_vocab = _setup_model_config(cfg, resume_from or init)
     info = token_info(cfg.data.shards)
-    vocab = Vocab(info.codebook_size, info.tokenizer)
+    vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid))
     if saved_vocab is not None:
         if not saved_vocab.compatible(vocab):
             raise LayoutError(f"the data's vocabulary (codebook {vocab.codebook_size}) is not the checkpoint's "
                               f"(codebook {saved_vocab.codebook_size}, grid up to {saved_vocab.max_grid})")
-        vocab = Vocab(vocab.codebook_size, vocab.tokenizer or saved_vocab.tokenizer, saved_vocab.max_grid)
+        vocab = Vocab(vocab.codebook_size, vocab.tokenizer or saved_vocab.tokenizer, saved_vocab.max_grid,
+                      grid=vocab.grid)
     for prompt in cfg.sample.prompts:
         check_prompt(vocab, prompt, *info.grid, cfg.model.max_seq_len)
 

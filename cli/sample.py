@@ -1,0 +1,54 @@
+"""arimg sample."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cli.common import emit, report
+
+
+def sample_cmd(
+    prompt: List[str] = typer.Option(..., "--prompt", "-p",
+                                     help="A prompt (repeatable); '' samples unconditionally; '-' reads one prompt "
+                                          "per line from stdin and samples each as it arrives."),
+    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
+    n: int = typer.Option(1, "--n", help="Images per prompt."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (twice the rows with guidance)."),
+    cfg: float = typer.Option(3.0, "--cfg", help="Classifier-free guidance scale; 1 = none."),
+    cfg_schedule: str = typer.Option("constant", "--cfg-schedule", help="constant | linear (1 -> cfg) | interval."),
+    cfg_interval: str = typer.Option("0,1", "--cfg-interval", help="lo,hi: the grid fractions guided (interval)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 = greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="0 = off."),
+    top_p: float = typer.Option(1.0, "--top-p", help="1 = off."),
+    seed: int = typer.Option(0, "--seed"),
+    size: Optional[str] = typer.Option(None, "--size", help="Image size N or HxW (default: the training grid's)."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for the PNG files."),
+    grid: bool = typer.Option(False, "--grid", help="Also write one contact sheet per prompt."),
+    prefix_image: Optional[str] = typer.Option(None, "--prefix-image", help="Complete this image: see --keep-rows."),
+    keep_rows: int = typer.Option(0, "--keep-rows", help="Token rows of --prefix-image kept; the model writes the rest."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
+) -> None:
+    """Sample images for prompts. One JSON line per image on stdout (prompt, index, seeds, settings, path);
+    files are named by prompt and image number, never by prompt text. A bad prompt (too long, not UTF-8)
+    is reported on stderr and the others go on; the exit code is 1 if any failed."""
+    from arlm.errors import ConfigError
+    from arlm.transformer.sample import Request, Sampler, Settings, read_prompts
+
+    try:
+        lo, hi = (float(v) for v in cfg_interval.split(","))
+    except ValueError:
+        raise ConfigError(f"--cfg-interval must be lo,hi, got {cfg_interval!r}") from None
+    if prefix_image is None and keep_rows:
+        raise ConfigError("--keep-rows needs --prefix-image")
+    settings = Settings(cfg=cfg, cfg_schedule=cfg_schedule, cfg_interval=(lo, hi), temperature=temperature,
+                        top_k=top_k, top_p=top_p)
+    request = Request(n=n, batch_size=batch_size, seed=seed, size=size, grid_sheet=grid, prefix_image=prefix_image,
+                      keep_rows=keep_rows)
+    sampler = Sampler(ckpt, settings, request, device)
+    stdin = prompt == ["-"]
+    prompts = read_prompts(sys.stdin.buffer) if stdin else prompt
+    report(sampler.run(prompts, out, eager=stdin), emit)

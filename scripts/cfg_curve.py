@@ -1,0 +1,74 @@
+"""The judge's accuracy against the classifier-free guidance scale, on held-out prompts.
+
+Prompts: the captions of the first --prompts samples of the chosen kinds in a held-out image set (default
+`data/synth-val`, seed 1, never trained on; its captions follow the same grammar as the training set's, so
+a caption string may also occur there). Each prompt gets --n images per scale, seeds fixed per image
+(`arlm.transformer.sample.image_seed`), so every scale sees the same random draws. Prints JSON and writes
+the plot (--plot, default docs/cfg.png).
+
+    .venv/bin/python scripts/cfg_curve.py runs/pretrain --scales 1,1.5,2,3,4,6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from PIL import Image
+
+from arlm.data.shards import read_shards
+from arlm.judge import judge_many, summarize
+from arlm.log import log, setup_logging
+from arlm.perf import resolve_precision
+from arlm.tokenizer.codec import load_tokenizer
+from arlm.transformer.sample import Settings, image_seed, load_model, sample
+from arlm.viz import line_plot
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="transformer run or checkpoint directory")
+    ap.add_argument("--shards", default="data/synth-val", help="held-out image shards whose captions are the prompts")
+    ap.add_argument("--kinds", default="single", help="comma-separated kinds of prompts")
+    ap.add_argument("--prompts", type=int, default=48)
+    ap.add_argument("--n", type=int, default=2, help="images per prompt and scale")
+    ap.add_argument("--scales", default="1,1.5,2,3,4,6")
+    ap.add_argument("--schedule", default="constant")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--plot", default="docs/cfg.png")
+    args = ap.parse_args()
+    setup_logging()
+    kinds = set(args.kinds.split(","))
+    prompts = []
+    for s in read_shards(args.shards):
+        if (s.meta or {}).get("kind") in kinds:
+            prompts.append(s.caption)
+        if len(prompts) == args.prompts:
+            break
+    model, vocab, _ = load_model(args.run, "cpu")
+    tok = load_tokenizer(vocab.tokenizer, "cpu")
+    precision = resolve_precision("auto", next(model.parameters()).device)
+    h, w = vocab.grid
+    jobs = [(p, i) for p in prompts for i in range(args.n)]
+    rows = []
+    for scale in (float(x) for x in args.scales.split(",")):
+        settings = Settings(cfg=scale, cfg_schedule=args.schedule, top_k=args.top_k)
+        images = []
+        for b in range(0, len(jobs), args.batch_size):
+            batch = jobs[b:b + args.batch_size]
+            codes = sample(model, vocab, [p for p, _ in batch], [image_seed(0, p, i) for p, i in batch], h, w,
+                           settings, precision)
+            images += [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in tok.decode(codes)]
+        summary = summarize(judge_many(zip(images, [p for p, _ in jobs])))
+        rows.append({"cfg": scale, "accuracy": summary["accuracy"], "n": summary["n"],
+                     "per_kind": {k: v["accuracy"] for k, v in summary["per_kind"].items()}})
+        log.info("cfg %.2f: the judge accepts %d of %d", scale, summary["correct"], summary["n"])
+    if args.plot:
+        line_plot(rows, ["accuracy"], args.plot, x_key="cfg")
+    print(json.dumps({"run": args.run, "prompts": len(prompts), "n": args.n, "schedule": args.schedule,
+                      "top_k": args.top_k, "curve": rows}))
+
+
+if __name__ == "__main__":
+    main()

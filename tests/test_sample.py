@@ -1,0 +1,154 @@
+"""The decoding engine and `arimg sample`: cache vs recomputation, guidance, seeds, batching, streaming,
+completion, bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from arlm.transformer.sample import Settings, image_seed, load_model, sample
+from arlm.transformer.sequence import positions
+
+PROMPTS = ["a red circle", "", "three green triangles on a black background"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm):
+    return load_model(tiny_lm, "cpu")
+
+
+def reference(model, vocab, prompt, seed, h, w, cfg=1.0, keep=None):
+    """One image, the slow obvious way: no batch, no padding, no cache; the twin run separately."""
+    gen = torch.Generator().manual_seed(seed)
+    n, lo, K = h * w, vocab.visual0, vocab.codebook_size
+    seqs = {"c": vocab.prefix(prompt, h, w), "u": vocab.prefix("", h, w)}
+    codes = [] if keep is None else keep.flatten().tolist()
+    for _ in range(len(codes), n):
+        logits = {}
+        for name, pre in seqs.items():
+            toks = torch.tensor([pre + [c + lo for c in codes]])
+            pos = positions(torch.arange(toks.shape[1])[None], torch.tensor([[len(pre)]]), h, w, n)
+            logits[name] = model(toks, pos)[0, -1, lo:lo + K].float()
+        x = logits["u"] + cfg * (logits["c"] - logits["u"]) if cfg != 1 else logits["c"]
+        codes.append(int(torch.multinomial(x.softmax(-1), 1, generator=gen)))
+    return torch.tensor(codes).view(h, w)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_batched_cached_sampling_equals_the_slow_reference(lm, cfg):
+    model, vocab, _ = lm
+    seeds = [image_seed(0, p, 0) for p in PROMPTS]
+    fast = sample(model, vocab, PROMPTS, seeds, 3, 4, Settings(cfg=cfg))  # padded rows, one batch, KV cache
+    for i, p in enumerate(PROMPTS):
+        assert torch.equal(fast[i], reference(model, vocab, p, seeds[i], 3, 4, cfg)), p
+
+
+def test_cache_equals_recomputation(lm):
+    model, vocab, _ = lm
+    seeds = [1, 2, 3]
+    for settings in (Settings(cfg=3.0, cfg_schedule="linear"), Settings(temperature=0)):
+        a = sample(model, vocab, PROMPTS, seeds, 4, 4, settings)
+        b = sample(model, vocab, PROMPTS, seeds, 4, 4, settings, use_cache=False)
+        assert torch.equal(a, b)
+
+
+def test_an_image_is_the_same_in_any_batch(lm):
+    model, vocab, _ = lm
+    s = Settings(cfg=2.0, top_k=20, top_p=0.9)
+    together = sample(model, vocab, PROMPTS, [7, 8, 9], 4, 4, s)
+    for i, p in enumerate(PROMPTS):
+        assert torch.equal(sample(model, vocab, [p], [7 + i], 4, 4, s)[0], together[i])
+    assert not torch.equal(together[0], sample(model, vocab, [PROMPTS[0]], [70], 4, 4, s)[0])
+
+
+def test_schedules_and_filters():
+    s = Settings(cfg=3.0, cfg_schedule="interval", cfg_interval=(0.25, 0.5))
+    assert [s.scale(j, 8) for j in range(8)] == [1, 1, 3, 3, 1, 1, 1, 1]
+    lin = Settings(cfg=3.0, cfg_schedule="linear")
+    assert lin.scale(7, 8) == 3.0 and 1 < lin.scale(0, 8) < lin.scale(3, 8) < 3
+    assert not Settings(cfg=1.0).guided(8) and Settings(cfg=1.5).guided(8)
+    from arlm.transformer.sample import filter_logits
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    kept = lambda s: torch.isfinite(filter_logits(logits, s))[0].tolist()  # noqa: E731
+    assert kept(Settings(top_k=2)) == [True, True, False, False]
+    assert kept(Settings(top_p=0.5)) == [True, False, False, False]  # the top id alone holds 64%
+    assert kept(Settings(top_p=0.85)) == [True, True, False, False]  # 64% + 24%
+    assert kept(Settings(top_p=0.9)) == [True, True, True, False]
+    for bad in (Settings(cfg_schedule="cosine"), Settings(top_p=0), Settings(cfg_interval=(0.5, 0.5))):
+        with pytest.raises(ValueError):
+            bad.check()
+
+
+def test_completion_keeps_the_kept_rows(lm):
+    model, vocab, _ = lm
+    keep = torch.randint(0, vocab.codebook_size, (2, 2, 4))
+    out = sample(model, vocab, ["a red circle", "x"], [1, 2], 4, 4, Settings(cfg=2.0), keep=keep)
+    assert torch.equal(out[:, :2], keep)
+    assert torch.equal(out[1], reference(model, vocab, "x", 2, 4, 4, 2.0, keep=keep[1]))
+
+
+def test_sample_command(run_cli, tiny_lm, tmp_path, synth_dir):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("sample", "--ckpt", tiny_lm, "-p", "a red circle", "-p", "", "-p", "../../etc/passwd",
+                                "--n", "2", "--batch-size", "3", "--cfg", "2", "--grid", "--out", out, "--seed", "5")
+    assert code == 0, err
+    recs = [json.loads(ln) for ln in stdout.splitlines()]
+    assert [(r["prompt"], r["index"]) for r in recs] == [(p, i) for p in ("a red circle", "", "../../etc/passwd")
+                                                        for i in range(2)]
+    for r in recs:
+        path = out / f"{r['path'].split('/')[-1]}"
+        assert str(path) == r["path"] and Image.open(path).size == (32, 32)  # the training grid, 8x8 x 4
+        assert r["settings"]["cfg"] == 2 and r["image_seed"] == image_seed(5, r["prompt"], r["index"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{k:05d}-{i:03d}.png" for k in range(3) for i in range(2)] + [f"{k:05d}-grid.png" for k in range(3)])
+    # the same command again gives the same bytes; --batch-size does not change an image
+    code, again, _ = run_cli("sample", "--ckpt", tiny_lm, "-p", "a red circle", "--n", "2", "--batch-size", "1",
+                             "--cfg", "2", "--out", tmp_path / "again", "--seed", "5")
+    for a, b in zip(recs[:2], [json.loads(ln) for ln in again.splitlines()]):
+        assert open(a["path"], "rb").read() == open(b["path"], "rb").read()
+    # completion, and a non-square size
+    img = next(p for p in out.iterdir() if p.name.endswith("000.png"))
+    code, stdout, err = run_cli("sample", "--ckpt", tiny_lm, "-p", "a red circle", "--prefix-image", img,
+                                "--keep-rows", "3", "--size", "32x48", "--out", tmp_path / "c")
+    assert code == 0, err
+    rec = json.loads(stdout)
+    assert rec["settings"]["keep_rows"] == 3 and Image.open(rec["path"]).size == (48, 32)
+
+
+def test_sample_bad_inputs(run_cli, tiny_lm, tmp_path):
+    def run(*args):
+        code, out, err = run_cli("sample", "--ckpt", tiny_lm, "--out", tmp_path / "o", *args)
+        return code, out, [ln for ln in err.splitlines() if ln.startswith("arimg: error:")]
+
+    code, out, errors = run("-p", "x" * 500, "-p", "a red circle")
+    assert code == 1 and len(out.splitlines()) == 1 and "prompt 1" in errors[0] and "context" in errors[0]
+    code, _, errors = run("-p", "a", "--size", "30")
+    assert code == 2 and "stride" in errors[0]
+    code, _, errors = run("-p", "a", "--cfg-schedule", "cosine")
+    assert code == 2 and "schedule" in errors[0]
+    code, _, errors = run("-p", "a", "--keep-rows", "9", "--prefix-image", str(tmp_path / "missing.png"))
+    assert code == 2 and "keep-rows" in errors[0]
+    code, _, errors = run_cli("sample", "--ckpt", tmp_path / "nope", "-p", "a")[0], None, None
+    assert code == 1
+
+
+def test_stdin_is_streamed_and_bad_lines_go_on(tiny_lm, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sample", "--ckpt", str(tiny_lm), "--prompt", "-",
+                             "--out", str(tmp_path / "s"), "--cfg", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"a red circle\n")
+    proc.stdin.flush()
+    first = json.loads(proc.stdout.readline())  # output before stdin ends
+    assert first["prompt"] == "a red circle"
+    proc.stdin.write(b"\xff\xfe bad bytes\n" + b"y" * 400 + b"\n" + b"a blue square\n")
+    proc.stdin.close()
+    rest = proc.stdout.read().decode().splitlines()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1
+    assert [json.loads(ln)["prompt"] for ln in rest] == ["a blue square"]
+    errors = [ln for ln in err.splitlines() if ln.startswith("arimg: error:")]
+    assert "stdin line 2: not UTF-8" in errors[0] and "prompt 3" in errors[1] and "2 input(s) failed" in errors[2]
