@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arlm.transformer.sample import Settings, image_seed, load_model, sample
+from arlm.transformer.sample import Settings, gumbel_noise, image_seed, load_model, sample
 from arlm.transformer.sequence import positions
 
 PROMPTS = ["a red circle", "", "three green triangles on a black background"]
@@ -21,9 +21,10 @@ def lm(tiny_lm):
 
 
 def reference(model, vocab, prompt, seed, h, w, cfg=1.0, keep=None):
-    """One image, the slow obvious way: no batch, no padding, no cache; the twin run separately."""
-    gen = torch.Generator().manual_seed(seed)
+    """One image, the slow obvious way: no batch, no padding, no cache; the twin run separately; the draw
+    from the image's own noise (the Gumbel-max trick, as the engine)."""
     n, lo, K = h * w, vocab.visual0, vocab.codebook_size
+    noise = gumbel_noise([seed], n, K, "cpu")[0]  # (n, K)
     seqs = {"c": vocab.prefix(prompt, h, w), "u": vocab.prefix("", h, w)}
     codes = [] if keep is None else keep.flatten().tolist()
     for _ in range(len(codes), n):
@@ -33,7 +34,7 @@ def reference(model, vocab, prompt, seed, h, w, cfg=1.0, keep=None):
             pos = positions(torch.arange(toks.shape[1])[None], torch.tensor([[len(pre)]]), h, w, n)
             logits[name] = model(toks, pos)[0, -1, lo:lo + K].float()
         x = logits["u"] + cfg * (logits["c"] - logits["u"]) if cfg != 1 else logits["c"]
-        codes.append(int(torch.multinomial(x.softmax(-1), 1, generator=gen)))
+        codes.append(int((x + noise[len(codes)]).argmax()))
     return torch.tensor(codes).view(h, w)
 
 
@@ -62,6 +63,13 @@ def test_an_image_is_the_same_in_any_batch(lm):
     for i, p in enumerate(PROMPTS):
         assert torch.equal(sample(model, vocab, [p], [7 + i], 4, 4, s)[0], together[i])
     assert not torch.equal(together[0], sample(model, vocab, [PROMPTS[0]], [70], 4, 4, s)[0])
+
+
+def test_gumbel_max_draws_from_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    noise = gumbel_noise([3], 20000, 4, "cpu")[0]
+    freq = torch.bincount((logits + noise).argmax(-1), minlength=4).float() / 20000
+    torch.testing.assert_close(freq, logits.softmax(-1), atol=0.015, rtol=0)
 
 
 def test_schedules_and_filters():

@@ -168,16 +168,18 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, std=self.cfg.init_std)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, last_only: bool = False, rows: slice | None = None) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T) at rope positions (B, T, 2). With a cache, the tokens follow
-        the `cache.length` already in it. `mask` (B, 1, T, T_total) bool, True = may attend, overrides causal."""
+        the `cache.length` already in it. `mask` (B, 1, T, T_total) bool, True = may attend, overrides causal.
+        A sampler asks for the last position only and for the head `rows` it draws from (B, 1, len(rows))."""
         cos, sin = rope_angles(pos, self.cfg.dim // self.cfg.n_heads, self.cfg.rope_theta, self.cfg.rope == "2d")
         x = self.embed(tokens)  # (B, T, D)
         for block in self.blocks:
             x = block(x, cos, sin, cache, mask)
         if cache is not None:
             cache.length += tokens.shape[1]
-        return self.head(self.norm(x))  # (B, T, V)
+        x = self.norm(x[:, -1:] if last_only else x)
+        return F.linear(x, self.head.weight if rows is None else self.head.weight[rows])
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -95,13 +95,24 @@ def filter_logits(logits: torch.Tensor, s: Settings) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, s: Settings, gens: list[torch.Generator]) -> torch.Tensor:
-    """One id per row of (B, K) logits, row r from generator r."""
+def gumbel_noise(seeds: list[int], n: int, K: int, device) -> torch.Tensor:
+    """(B, n, K) Gumbel noise, row r from its own generator seeded `seeds[r]`: drawn once per image, so a
+    step costs one batched argmax instead of one multinomial call per row, and an image's draws do not
+    depend on the batch it is in."""
+    out = torch.empty(len(seeds), n, K, device=device)
+    for r, seed in enumerate(seeds):
+        g = torch.Generator(device).manual_seed(int(seed))
+        out[r].uniform_(generator=g)
+    return -torch.log(-torch.log(out.clamp_(1e-20, 1 - 1e-7)))
+
+
+def draw(logits: torch.Tensor, s: Settings, noise: torch.Tensor) -> torch.Tensor:
+    """One id per row of (B, K) logits: the Gumbel-max trick, argmax(logits / T + g) with g ~ Gumbel(0, 1)
+    is a draw from softmax(logits / T) (after top-k / top-p, whose removed ids stay at -inf)."""
     logits = logits.float()
     if s.temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits, s).softmax(-1)
-    return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
+    return (filter_logits(logits, s) + noise).argmax(-1)
 
 
 @torch.no_grad()
@@ -141,33 +152,35 @@ def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int
         m = (k <= q)[None] & valid[:, None, :end]
         return (m | (k == q)[None]).unsqueeze(1)
 
-    gens = [torch.Generator(device).manual_seed(int(sd)) for sd in seeds]
+    noise = gumbel_noise(seeds, n, vocab.codebook_size, device) if settings.temperature > 0 else None
     out = torch.zeros(B, n, dtype=torch.long, device=device)
     if kept:
         out[:, :kept] = keep.reshape(B, kept).to(device)
     K, lo = vocab.codebook_size, vocab.visual0
+    rows = slice(lo, lo + K)  # only visual ids are ever drawn
     was = model.training
     model.eval()
     with autocast(device, precision):
         cache = KVCache(model.cfg, R, total, device, DTYPES[precision]) if use_cache else None
         cur = P
-        logits = model(tokens[:, :P], pos[:, :P], cache, mask(0, P))[:, -1]  # (R, V)
+        logits = model(tokens[:, :P], pos[:, :P], cache, mask(0, P), last_only=True, rows=rows)[:, 0]  # (R, K)
         last = n if steps is None else min(n, kept + steps)
         for j in range(kept, last):
-            vis = logits[:, lo:lo + K].float()
+            vis = logits.float()
             if guided:
                 cond, unc = vis[:B], vis[B:]
                 vis = unc + settings.scale(j, n) * (cond - unc)
-            code = draw(vis, settings, gens)  # (B,)
+            code = draw(vis, settings, None if noise is None else noise[:, j])  # (B,)
             out[:, j] = code
             tokens[:, cur] = (code + lo).repeat(R // B)
             cur += 1
             if j + 1 == last:
                 break
             if use_cache:
-                logits = model(tokens[:, cur - 1:cur], pos[:, cur - 1:cur], cache, mask(cur - 1, cur))[:, -1]
+                logits = model(tokens[:, cur - 1:cur], pos[:, cur - 1:cur], cache, mask(cur - 1, cur),
+                               last_only=True, rows=rows)[:, 0]
             else:
-                logits = model(tokens[:, :cur], pos[:, :cur], None, mask(0, cur))[:, -1]
+                logits = model(tokens[:, :cur], pos[:, :cur], None, mask(0, cur), last_only=True, rows=rows)[:, 0]
     model.train(was)
     return out.view(B, h, w)
 
