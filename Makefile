@@ -41,9 +41,11 @@ demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its ev
 	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-vqgan --out $(SYNTH)-tok --overwrite > /dev/null
 	$(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok overwrite=true
 	$(PY) scripts/judge_pretrain.py $(RUNS)/pretrain --n 8 --sheet $(DEMO)/pretrain-samples.png > $(DEMO)/pretrain.json
+	$(ARIMG) sample --ckpt $(RUNS)/pretrain -p "a red circle" -p "a blue square on a white background" -p "" \
+		--n 8 --grid --out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json $(DEMO)/pretrain.json
 	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-vqgan/images/;" \
-		"samples: $(DEMO)/pretrain-samples.png, $(RUNS)/pretrain/images/" >&2
+		"samples: $(DEMO)/pretrain-samples.png, $(DEMO)/samples/, $(RUNS)/pretrain/images/" >&2
 
 bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -79,10 +79,16 @@ def line_plot(rows: Sequence[dict], keys: Sequence[str], path, log_y: bool = Fal
         xv = x0 + (x1 - x0) * i / 4
         xx = left + (xv - x0) / (x1 - x0) * (w - left - right)
         draw.line([xx, h - bottom, xx, h - bottom + 4], fill=(0, 0, 0))
-        draw.text((xx - 10, h - bottom + 6), f"{xv:.0f}", fill=(0, 0, 0), font=font)
+        draw.text((xx - 10, h - bottom + 6), f"{xv:.0f}" if x1 - x0 >= 8 else f"{xv:.3g}", fill=(0, 0, 0), font=font)
+    legend_x = left + 8
     for i, (k, pts) in enumerate(series.items()):
         colour = PLOT_COLOURS[i % len(PLOT_COLOURS)]
         draw.line([px(x, y) for x, y in pts] if len(pts) > 1 else [px(*pts[0]), px(*pts[0])], fill=colour, width=2)
-        draw.text((left + 8 + 90 * i, 6), k, fill=colour, font=font)
+        if len(pts) <= 20:  # few points: mark them
+            for x, y in pts:
+                cx, cy = px(x, y)
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        draw.text((legend_x, 6), k, fill=colour, font=font)
+        legend_x += draw.textlength(k, font=font) + 16
     draw.text((w - right - 40, h - 14), x_key, fill=(0, 0, 0), font=font)
     img.save(path)
