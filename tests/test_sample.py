@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arlm.transformer.sample import Settings, gumbel_noise, image_seed, load_model, sample
+from arlm.transformer.sample import Settings, GumbelNoise, image_seed, load_model, sample
 from arlm.transformer.sequence import positions
 
 PROMPTS = ["a red circle", "", "three green triangles on a black background"]
@@ -24,7 +24,7 @@ def reference(model, vocab, prompt, seed, h, w, cfg=1.0, keep=None):
     """One image, the slow obvious way: no batch, no padding, no cache; the twin run separately; the draw
     from the image's own noise (the Gumbel-max trick, as the engine)."""
     n, lo, K = h * w, vocab.visual0, vocab.codebook_size
-    noise = gumbel_noise([seed], n, K, "cpu")[0]  # (n, K)
+    noise = GumbelNoise([seed], K, "cpu")
     seqs = {"c": vocab.prefix(prompt, h, w), "u": vocab.prefix("", h, w)}
     codes = [] if keep is None else keep.flatten().tolist()
     for _ in range(len(codes), n):
@@ -34,7 +34,7 @@ def reference(model, vocab, prompt, seed, h, w, cfg=1.0, keep=None):
             pos = positions(torch.arange(toks.shape[1])[None], torch.tensor([[len(pre)]]), h, w, n)
             logits[name] = model(toks, pos)[0, -1, lo:lo + K].float()
         x = logits["u"] + cfg * (logits["c"] - logits["u"]) if cfg != 1 else logits["c"]
-        codes.append(int((x + noise[len(codes)]).argmax()))
+        codes.append(int((x + noise.step(len(codes))[0]).argmax()))
     return torch.tensor(codes).view(h, w)
 
 
@@ -67,8 +67,9 @@ def test_an_image_is_the_same_in_any_batch(lm):
 
 def test_gumbel_max_draws_from_the_softmax():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    noise = gumbel_noise([3], 20000, 4, "cpu")[0]
-    freq = torch.bincount((logits + noise).argmax(-1), minlength=4).float() / 20000
+    noise = GumbelNoise([3], 4, "cpu", chunk=1000)
+    draws = torch.stack([(logits + noise.step(j)[0]).argmax() for j in range(20000)])
+    freq = torch.bincount(draws, minlength=4).float() / 20000
     torch.testing.assert_close(freq, logits.softmax(-1), atol=0.015, rtol=0)
 
 

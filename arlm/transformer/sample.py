@@ -95,15 +95,25 @@ def filter_logits(logits: torch.Tensor, s: Settings) -> torch.Tensor:
     return logits
 
 
-def gumbel_noise(seeds: list[int], n: int, K: int, device) -> torch.Tensor:
-    """(B, n, K) Gumbel noise, row r from its own generator seeded `seeds[r]`: drawn once per image, so a
-    step costs one batched argmax instead of one multinomial call per row, and an image's draws do not
-    depend on the batch it is in."""
-    out = torch.empty(len(seeds), n, K, device=device)
-    for r, seed in enumerate(seeds):
-        g = torch.Generator(device).manual_seed(int(seed))
-        out[r].uniform_(generator=g)
-    return -torch.log(-torch.log(out.clamp_(1e-20, 1 - 1e-7)))
+class GumbelNoise:
+    """Gumbel noise for every image and step, row r from its own generator seeded `seeds[r]`, drawn
+    `chunk` steps at a time: a step then costs one batched argmax instead of one multinomial call per row,
+    memory stays B x chunk x K, and an image's draws never depend on the batch it is in."""
+
+    def __init__(self, seeds: list[int], K: int, device, chunk: int = 64) -> None:
+        self.gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        self.K, self.device, self.chunk = K, device, chunk
+        self.start, self.buf = -chunk, None
+
+    def step(self, j: int) -> torch.Tensor:
+        """(B, K) noise of step j (steps are asked for in increasing order)."""
+        while j >= self.start + self.chunk:
+            u = torch.empty(len(self.gens), self.chunk, self.K, device=self.device)
+            for r, g in enumerate(self.gens):
+                u[r].uniform_(generator=g)
+            self.buf = -torch.log(-torch.log(u.clamp_(1e-20, 1 - 1e-7)))
+            self.start += self.chunk
+        return self.buf[:, j - self.start]
 
 
 def draw(logits: torch.Tensor, s: Settings, noise: torch.Tensor) -> torch.Tensor:
@@ -152,7 +162,7 @@ def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int
         m = (k <= q)[None] & valid[:, None, :end]
         return (m | (k == q)[None]).unsqueeze(1)
 
-    noise = gumbel_noise(seeds, n, vocab.codebook_size, device) if settings.temperature > 0 else None
+    noise = GumbelNoise(seeds, vocab.codebook_size, device) if settings.temperature > 0 else None
     out = torch.zeros(B, n, dtype=torch.long, device=device)
     if kept:
         out[:, :kept] = keep.reshape(B, kept).to(device)
@@ -170,7 +180,7 @@ def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int
             if guided:
                 cond, unc = vis[:B], vis[B:]
                 vis = unc + settings.scale(j, n) * (cond - unc)
-            code = draw(vis, settings, None if noise is None else noise[:, j])  # (B,)
+            code = draw(vis, settings, None if noise is None else noise.step(j))  # (B,)
             out[:, j] = code
             tokens[:, cur] = (code + lo).repeat(R // B)
             cur += 1
@@ -188,7 +198,7 @@ def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int
 def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: int, temperature: float = 1.0,
              top_k: int = 0, seed: int = 0, precision: str = "fp32") -> torch.Tensor:
     """(n, h, w) codes for one prompt without guidance: the training stages' sample grids. Image i draws
-    from seed + i."""
+    from seed * 1000 + i."""
     return sample(model, vocab, [prompt] * n, [seed * 1000 + i for i in range(n)], h, w,
                   Settings(temperature=temperature, top_k=top_k), precision)
 
