@@ -51,4 +51,4 @@ def sample_cmd(
     sampler = Sampler(ckpt, settings, request, device)
     stdin = prompt == ["-"]
     prompts = read_prompts(sys.stdin.buffer) if stdin else prompt
-    report(sampler.run(prompts, out, eager=stdin), emit)
+    report(sampler.run(prompts, out, eager=stdin, total=None if stdin else len(prompt)), emit)

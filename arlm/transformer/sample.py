@@ -303,10 +303,21 @@ class Sampler:
             out.update(prefix_image=self.request.prefix_image, keep_rows=self.request.keep_rows)
         return out
 
-    def run(self, prompts: Iterable, out_dir: str | Path, eager: bool = False) -> Iterator[dict | Exception]:
+    def run(self, prompts: Iterable, out_dir: str | Path, eager: bool = False,
+            total: int | None = None) -> Iterator[dict | Exception]:
         """One record per image ({"prompt", "index", "seed", "settings", "path"}), or the error of a prompt.
         `prompts` yields strings (or exceptions to pass on); `eager`: sample each prompt as soon as it comes
-        (streaming stdin) instead of filling batches across prompts."""
+        (streaming stdin) instead of filling batches across prompts. Progress (images, tokens/s) goes to
+        stderr; `total` is the number of prompts when known."""
+        from arlm.log import progress
+
+        with progress() as bar:
+            task = bar.add_task("sample", total=None if total is None else total * self.request.n, info="")
+            yield from self._run(prompts, out_dir, eager, lambda k, info: bar.update(task, advance=k, info=info))
+
+    def _run(self, prompts: Iterable, out_dir: str | Path, eager: bool, advance) -> Iterator[dict | Exception]:
+        import time
+
         from arlm.errors import UserError
 
         out = Path(out_dir)
@@ -319,9 +330,11 @@ class Sampler:
             while len(pending) >= limit and pending:
                 batch, pending[:] = pending[:req.batch_size], pending[req.batch_size:]
                 keep = None if self.keep is None else self.keep.unsqueeze(0).expand(len(batch), -1, -1)
+                t0 = time.perf_counter()
                 codes = sample(self.model, self.vocab, [p for _, p, _ in batch],
                                [image_seed(req.seed, p, i) for _, p, i in batch], h, w, self.settings,
                                self.precision, keep)
+                advance(len(batch), f"{len(batch) * h * w / (time.perf_counter() - t0):,.0f} tok/s")
                 for (k, p, i), img in zip(batch, self.tok.decode(codes.cpu())):
                     path = out / f"{k:05d}-{i:03d}.png"
                     Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
