@@ -132,8 +132,10 @@ class Metrics:
         self.file.close()
 
 
-def prepare_run_dir(run: Path, kind: str, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder."""
+def prepare_run_dir(run: Path, kind: str, resume: bool, overwrite: bool, clear: bool = True) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder.
+    A fresh run clears the old checkpoints and pictures (overwrite=true) unless `clear` is False: a caller
+    that still validates its inputs clears later, so that a failing start loses nothing."""
     from arlm import checkpoint
 
     last = checkpoint.latest(run)
@@ -145,7 +147,7 @@ def prepare_run_dir(run: Path, kind: str, resume: bool, overwrite: bool) -> Path
     if last is not None and not overwrite:
         raise UserError(f"{run} already holds a run (latest {last.name}): pass resume=true to continue it or "
                         f"overwrite=true to start afresh")
-    for old in ("checkpoints", "images"):  # overwrite: nothing of the old run may mix with the new one
+    for old in ("checkpoints", "images") if clear else ():  # overwrite: nothing of the old run may mix in
         shutil.rmtree(run / old, ignore_errors=True)
     return None
 

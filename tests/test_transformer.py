@@ -244,6 +244,11 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, token_dir, pretrai
     (other / "tokens.json").write_text(json.dumps({**meta, "codebook_size": 4096}))
     code, err = run("sft", *SFT_TINY, f"data.shards={other}", f"run_dir={tmp_path / 'e'}", f"init_from={pretrain_run}")
     assert code == 2 and "vocabulary" in err
+    # overwrite=true with an input that fails its checks loses nothing of the old run
+    keep = tmp_path / "keep"
+    shutil.copytree(pretrain_run, keep)
+    code, err = run("pretrain", *common, f"run_dir={keep}", "overwrite=true", f"sample.prompts=[{'x' * 150}]")
+    assert code == 2 and checkpoint.latest(keep) is not None and any((keep / "images").iterdir())
     (tmp_path / "f").mkdir()
     code, err = run("sft", *SFT_TINY, f"data.shards={token_dir}", f"run_dir={tmp_path / 'f' / 'run'}",
                     f"init_from={tmp_path / 'f'}")

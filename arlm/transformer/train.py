@@ -130,11 +130,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         raise ConfigError("sft starts from a pretrain run: pass init_from=RUN")
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
-    if rank == 0:
-        resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite)
-    parallel.barrier()
-    if rank != 0:
-        resume_from = checkpoint.latest(run) if cfg.resume else None
+    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
     saved_vocab = _setup_model_config(cfg, resume_from or init)
     info = token_info(cfg.data.shards)
     vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid))
@@ -158,6 +154,9 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     if ema and resume_from is not None:
         ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
+    if rank == 0 and resume_from is None:  # every input checked: now an old run in run_dir may go
+        prepare_run_dir(run, KIND, False, True)
+    parallel.barrier()
     net = parallel.parallelize(model, tc.parallel, tc.compile, world)  # what the loop calls
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             fused=device.type == "cuda")
