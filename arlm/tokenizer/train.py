@@ -60,14 +60,17 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
-    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite)
+    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)
+    if init is not None:
+        checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
+        log.info("weights from %s", init)
+    loader = ShardLoader(cfg.data, repeat=True, drop_last=True)  # checks the shards
+    if resume_from is None:  # every input checked: now an old run in run_dir may go (overwrite=true)
+        prepare_run_dir(run, KIND, False, True)
     (run / "images").mkdir(parents=True, exist_ok=True)
     yaml = yaml if yaml is not None else to_yaml(cfg)
     (run / "config.yaml").write_text(yaml)
     (run / "run.json").write_text(json.dumps(run_info(), indent=1))
-    if init is not None:
-        checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
-        log.info("weights from %s", init)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     gan = lc.disc_weight > 0
@@ -77,7 +80,6 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     lecam = LeCAM().to(device) if gan and lc.lecam > 0 else None
     perceptual = build_perceptual(lc.perceptual_weights).to(device) if lc.perceptual > 0 else None
     usage = CodeUsage(model.codebook_size, USAGE_WINDOW)
-    loader = ShardLoader(cfg.data, repeat=True, drop_last=True)
     step = 0
     if resume_from is not None:
         state = checkpoint.load_state(resume_from)
