@@ -140,14 +140,13 @@ class Batches:
         self.skips = SkipCounter()
         if cfg.mode == "memory":
             self._load()
+            self.seq_len = check_fits(vocab, self.grid, self.text_len, max_seq_len)
         else:
             # the longest caption is unknown until read: allow what the context leaves
             self.text_len = max_seq_len - vocab.seq_len(0, *self.grid)
             self.seq_len = check_fits(vocab, self.grid, max(self.text_len, 0), max_seq_len)
             self._stream: Iterator | None = None
             self._stream_step = -1
-        if cfg.mode == "memory":
-            self.seq_len = check_fits(vocab, self.grid, self.text_len, max_seq_len)
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def _load(self) -> None:
