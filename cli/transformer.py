@@ -33,6 +33,6 @@ def sft(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
 ) -> None:
-    """Fine-tune a pretrain run (init_from=RUN) on a curated set or a filter (data.kinds=[single]), loss on
+    """Fine-tune a pretrain run (init_from=RUN) on a curated set or a filter (data.kinds=\\[single]), loss on
     the visual tokens only. Prints the run directory."""
     _run("sft", overrides, print_config)
