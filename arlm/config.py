@@ -32,7 +32,7 @@ from arlm.synth import COLORS, SHAPES, article
 class DataConfig:
     shards: str = "data/synth"  # brace pattern, '::' list or folder of .tar files
     size: str = "64"  # "N" or "HxW": images are resized (shorter side) and cropped to it
-    crop: str = "center"  # center | random
+    crop: str = "center"  # center | random | busy (the busiest of 4 random windows, with crop_size)
     crop_size: Optional[str] = None  # then a window of "N" or "HxW" at that resolution (centre or random, as crop)
     batch_size: int = 32
     num_workers: int = 0

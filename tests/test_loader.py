@@ -11,7 +11,7 @@ import torch.multiprocessing as tmp
 from PIL import Image
 
 from arlm.config import DataConfig
-from arlm.data.loader import ShardDataset, ShardLoader, resize_crop
+from arlm.data.loader import BUSY_TRIES, ShardDataset, ShardLoader, crop, resize_crop
 
 
 def _cfg(shards, **kw):
@@ -92,11 +92,12 @@ def test_two_ranks_under_gloo_take_the_same_number_of_batches(tmp_path, synth_di
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("crop", ["center", "random"])
+@pytest.mark.parametrize("crop", ["center", "random", "busy"])
 def test_resume_continues_the_same_stream(synth_dir, workers, crop):
     import io
 
-    cfg = _cfg(synth_dir, shuffle_buffer=10, seed=3, num_workers=workers, crop=crop, size="24x20")
+    cfg = _cfg(synth_dir, shuffle_buffer=10, seed=3, num_workers=workers, crop=crop, size="24x20",
+               crop_size="16" if crop == "busy" else None)
     first = ShardLoader(cfg, repeat=True)
     it = iter(first)
     for _ in range(13):  # past the end of the first epoch (48 samples) for every worker
@@ -148,3 +149,28 @@ def test_crop_size_takes_windows_at_full_resolution(synth_dir):
         assert any(np.array_equal(src[y:y + 16, x:x + 24], window) for y in range(17) for x in range(9))
     with pytest.raises(Exception, match="larger than data.size"):
         ShardLoader(DataConfig(shards=str(synth_dir), size="32", crop_size="48"))
+
+
+def test_busy_crop_keeps_the_most_varied_of_its_random_windows():
+    import random
+
+    from PIL import Image
+
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[40:48, 4:12] = 255  # one small stroke on a flat background
+    image = Image.fromarray(pixels)
+    hits = {"random": 0, "busy": 0}
+    for i in range(200):
+        plain = np.asarray(crop(image, (32, 32), random.Random(i)))
+        busy = np.asarray(crop(image, (32, 32), random.Random(i), tries=BUSY_TRIES))
+        # the busy window is one of the same draws: its first candidate is the plain random window
+        rng = random.Random(i)
+        candidates = [(rng.randint(0, 32), rng.randint(0, 32)) for _ in range(BUSY_TRIES)]
+        windows = [pixels[y:y + 32, x:x + 32] for x, y in candidates]
+        assert np.array_equal(windows[0], plain)
+        assert any(np.array_equal(w, busy) for w in windows)
+        assert busy.astype(np.float32).var() == max(w.astype(np.float32).var() for w in windows)
+        hits["random"] += bool(plain.any())
+        hits["busy"] += bool(busy.any())
+    assert hits["busy"] > hits["random"]
+    assert np.array_equal(np.asarray(crop(image, (32, 32), None, tries=BUSY_TRIES)), pixels[16:48, 16:48])

@@ -37,6 +37,9 @@ from arlm.log import log
 from arlm.synth import parse_size
 
 
+BUSY_TRIES = 4  # data.crop=busy: windows drawn per sample, the busiest kept
+
+
 def resize_crop(image: Image.Image, size: tuple[int, int], rng: random.Random | None = None) -> Image.Image:
     """Scale so the image covers (H, W), then crop: centred, or at a random offset when rng is given."""
     h, w = size
@@ -50,11 +53,21 @@ def resize_crop(image: Image.Image, size: tuple[int, int], rng: random.Random | 
     return image.crop((x, y, x + w, y + h))
 
 
-def crop(image: Image.Image, size: tuple[int, int], rng: random.Random | None = None) -> Image.Image:
-    """A (H, W) window of an image at least that large: centred, or at a random offset when rng is given."""
+def crop(image: Image.Image, size: tuple[int, int], rng: random.Random | None = None, tries: int = 1) -> Image.Image:
+    """A (H, W) window of an image at least that large: centred, or at a random offset when rng is given.
+
+    With `tries` > 1, the busiest of that many random windows (largest pixel variance): on images that are
+    mostly flat background, a window then more often holds a stroke or an edge to learn from.
+    """
     h, w = size
-    x = rng.randint(0, image.width - w) if rng else (image.width - w) // 2
-    y = rng.randint(0, image.height - h) if rng else (image.height - h) // 2
+    if rng is None:
+        x, y = (image.width - w) // 2, (image.height - h) // 2
+        return image.crop((x, y, x + w, y + h))
+    offsets = [(rng.randint(0, image.width - w), rng.randint(0, image.height - h)) for _ in range(tries)]
+    if tries > 1:
+        pixels = np.asarray(image, dtype=np.float32)
+        offsets.sort(key=lambda o: -float(pixels[o[1] : o[1] + h, o[0] : o[0] + w].var()))  # stable: ties keep order
+    x, y = offsets[0]
     return image.crop((x, y, x + w, y + h))
 
 
@@ -75,8 +88,8 @@ class ShardDataset(IterableDataset):
         self.crop_size = parse_size(cfg.crop_size) if cfg.crop_size else None
         if self.crop_size and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
             raise ConfigError(f"data.crop_size {cfg.crop_size} is larger than data.size {cfg.size}")
-        if cfg.crop not in ("center", "random"):
-            raise ConfigError(f"data.crop must be center or random, got {cfg.crop!r}")
+        if cfg.crop not in ("center", "random", "busy"):
+            raise ConfigError(f"data.crop must be center, random or busy, got {cfg.crop!r}")
         self.skips = SkipCounter()
         self.epoch = 0
         self.skip: dict[int, int] = {}  # reader -> raw samples already consumed (set on resume)
@@ -132,10 +145,10 @@ class ShardDataset(IterableDataset):
                 if s is None:
                     continue
                 # str seeds are stable across processes; one per sample, so skipping keeps the crops
-                crop_rng = random.Random(f"crop-{self.cfg.seed}-{reader}-{pos}") if self.cfg.crop == "random" else None
+                crop_rng = random.Random(f"crop-{self.cfg.seed}-{reader}-{pos}") if self.cfg.crop != "center" else None
                 image = resize_crop(s.image, self.size, crop_rng)
                 if self.crop_size:
-                    image = crop(image, self.crop_size, crop_rng)
+                    image = crop(image, self.crop_size, crop_rng, tries=BUSY_TRIES if self.cfg.crop == "busy" else 1)
                 image = np.array(image)  # a writable copy for torch
                 yielded += 1
                 yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
