@@ -33,7 +33,7 @@ class DataConfig:
     shards: str = "data/synth"  # brace pattern, '::' list or folder of .tar files
     size: str = "64"  # "N" or "HxW": images are resized (shorter side) and cropped to it
     crop: str = "center"  # center | random | busy (the busiest of 4 random windows, with crop_size)
-    crop_size: Optional[str] = None  # then a window of "N" or "HxW" at that resolution (centre or random, as crop)
+    crop_size: Optional[str] = None  # then a window of "N" or "HxW" at that resolution (chosen as `crop` says)
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000  # samples held for shuffling; 0 keeps shard order
