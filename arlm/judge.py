@@ -23,6 +23,7 @@ The measurements behind these choices: scripts/judge_figures.py, and the notes a
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -421,6 +422,18 @@ def judge_many(items: Iterable[tuple[ImageLike, str]], cfg: JudgeConfig = JudgeC
         finally:
             for f in pending:
                 f.cancel()
+
+
+def paired_change(before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """The same images judged under two settings (the same noise per image): how many the second setting
+    gains and loses, and the two-sided exact sign test's p-value of that split (McNemar's exact test)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired verdicts need equal lengths, got {len(before)} and {len(after)}")
+    gained = sum(bool(b) and not a for a, b in zip(before, after))
+    lost = sum(bool(a) and not b for a, b in zip(before, after))
+    n, k = gained + lost, min(gained, lost)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"gained": gained, "lost": lost, "p": p}
 
 
 def summarize(verdicts: Iterable[Verdict]) -> dict:

@@ -3,8 +3,10 @@
 Prompts: the captions of the first --prompts samples of the chosen kinds in a held-out image set (default
 `data/synth-val`, seed 1, never trained on; its captions follow the same grammar as the training set's, so
 a caption string may also occur there). Each prompt gets --n images per scale, seeds fixed per image
-(`arlm.transformer.sample.image_seed`), so every scale sees the same random draws. Prints JSON and writes
-the plot (--plot, default docs/cfg.png).
+(`arlm.transformer.sample.image_seed`), so every scale sees the same random draws; a caption that occurs
+twice gets fresh image indices the second time, never the same image twice. Each scale is also compared
+with the first one image by image: how many images it gains and loses, and the exact sign test's p-value.
+Prints JSON and writes the plot (--plot, default docs/cfg.png).
 
     .venv/bin/python scripts/cfg_curve.py runs/pretrain --scales 1,1.5,2,3,4,6
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 from PIL import Image
 
 from arlm.data.shards import read_shards
-from arlm.judge import judge_many, summarize
+from arlm.judge import judge_many, paired_change, summarize
 from arlm.log import log, setup_logging
 from arlm.perf import resolve_precision
 from arlm.tokenizer.codec import load_tokenizer
@@ -50,8 +53,13 @@ def main() -> None:
     tok = load_tokenizer(vocab.tokenizer, "cpu")
     precision = resolve_precision("auto", next(model.parameters()).device)
     h, w = vocab.grid
-    jobs = [(p, i) for p in prompts for i in range(args.n)]
-    rows = []
+    # a caption may occur more than once among the prompts: its later occurrences take the next image indices,
+    # so that no image is drawn (and counted) twice
+    jobs, seen = [], Counter()
+    for p in prompts:
+        jobs += [(p, seen[p] + i) for i in range(args.n)]
+        seen[p] += args.n
+    rows, first = [], []
     for scale in (float(x) for x in args.scales.split(",")):
         settings = Settings(cfg=scale, cfg_schedule=args.schedule, top_k=args.top_k)
         images = []
@@ -60,10 +68,14 @@ def main() -> None:
             codes = sample(model, vocab, [p for p, _ in batch], [image_seed(0, p, i) for p, i in batch], h, w,
                            settings, precision)
             images += [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in tok.decode(codes)]
-        summary = summarize(judge_many(zip(images, [p for p, _ in jobs])))
+        verdicts = list(judge_many(zip(images, [p for p, _ in jobs])))
+        summary, ok = summarize(verdicts), [v.ok for v in verdicts]
+        first = first or ok
+        change = paired_change(first, ok)  # against the first scale, image by image (the same noise)
         rows.append({"cfg": scale, "accuracy": summary["accuracy"], "n": summary["n"],
-                     "per_kind": {k: v["accuracy"] for k, v in summary["per_kind"].items()}})
-        log.info("cfg %.2f: the judge accepts %d of %d", scale, summary["correct"], summary["n"])
+                     "per_kind": {k: v["accuracy"] for k, v in summary["per_kind"].items()}, "vs_first": change})
+        log.info("cfg %.2f: the judge accepts %d of %d; against the first scale %d gained, %d lost (sign test p = %.3f)",
+                 scale, summary["correct"], summary["n"], change["gained"], change["lost"], change["p"])
     if args.plot:
         line_plot(rows, ["accuracy"], args.plot, x_key="cfg")
     print(json.dumps({"run": args.run, "prompts": len(prompts), "n": args.n, "schedule": args.schedule,

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from arlm import synth
 from arlm.errors import UserError
-from arlm.judge import OUTSIDE, Expectation, JudgeConfig, judge, judge_many, parse_caption, summarize
+from arlm.judge import OUTSIDE, Expectation, JudgeConfig, judge, judge_many, paired_change, parse_caption, summarize
 
 CFG = JudgeConfig()
 PER_KIND = 60
@@ -243,3 +243,16 @@ def test_odd_images_do_not_crash(caption):
 def test_config_is_a_structured_config():
     conf = OmegaConf.structured(JudgeConfig)
     assert OmegaConf.to_object(OmegaConf.merge(conf, {"workers": 4})) == JudgeConfig(workers=4)
+
+
+def test_paired_change_counts_and_sign_test():
+    before = [True, True, False, False, False, True]
+    after = [True, False, True, True, False, True]
+    assert paired_change(before, after) == {"gained": 2, "lost": 1, "p": 1.0}  # 3 discordant pairs: 2*(1+3)/8 = 1
+    # all 10 discordant pairs go one way: p = 2 / 2^10; swapping the settings swaps gained and lost
+    gain = paired_change([False] * 10 + [True] * 5, [True] * 15)
+    assert gain == {"gained": 10, "lost": 0, "p": 2 / 1024}
+    assert paired_change([True] * 15, [False] * 10 + [True] * 5) == {"gained": 0, "lost": 10, "p": 2 / 1024}
+    assert paired_change([True, False], [True, False])["p"] == 1.0  # nothing changed
+    with pytest.raises(ValueError):
+        paired_change([True], [True, False])

@@ -278,11 +278,12 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path,
 
 # --- several processes ------------------------------------------------------------------------------------
 
-def _torchrun(tmp_path, token_dir, name, nproc, *extra):
+def _torchrun(tmp_path, token_dir, name, nproc, *extra, steps=3, ckpt_every=3):
     run = tmp_path / name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}", "trainer.max_steps=3",
-           "trainer.image_every=100", "trainer.ckpt_every=3", "loss.z_loss=1e-4", *extra]
+           "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
+           f"trainer.max_steps={steps}", "trainer.image_every=100", f"trainer.ckpt_every={ckpt_every}",
+           "loss.z_loss=1e-4", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -293,14 +294,34 @@ def _torchrun(tmp_path, token_dir, name, nproc, *extra):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_give_the_loss_of_one(tmp_path, token_dir, parallel):
     one = train(cfg_of("pretrain", token_dir, tmp_path / "one", "trainer.max_steps=3", "trainer.image_every=100",
-                       "trainer.ckpt_every=3", "loss.z_loss=1e-4"))
-    two = _torchrun(tmp_path, token_dir, "two", 2, f"trainer.parallel={parallel}")
+                       "trainer.ckpt_every=3", "loss.z_loss=1e-4", "trainer.ema=0.5"))
+    two = _torchrun(tmp_path, token_dir, "two", 2, f"trainer.parallel={parallel}", "trainer.ema=0.5")
     a, b = loss_rows(one), loss_rows(two)
     assert [r["step"] for r in b] == [1, 2, 3]
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)  # the first step: same samples, same weights
     for ra, rb in zip(a, b):  # later steps: the gradients were averaged the same way
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
-    wa, wb = (checkpoint.load_weights(checkpoint.latest(r)) for r in (one, two))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
+    for name in ("model", "ema"):  # the EMA too: under FSDP each process averages its shard
+        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (one, two))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
+
+
+def test_fsdp_resume_continues_the_same_run(tmp_path, token_dir):
+    extra = ("trainer.parallel=fsdp", "trainer.ema=0.9")
+    full = _torchrun(tmp_path, token_dir, "full", 2, *extra, steps=4, ckpt_every=2)
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-0000004")
+    (cut / "checkpoints" / "latest").write_text("step-0000002")
+    _torchrun(tmp_path, token_dir, "cut", 2, *extra, "resume=true", steps=4, ckpt_every=2)
+    a, b = loss_rows(full), loss_rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("tok_s", "mfu", "mem_mib"):
+            ra.pop(k), rb.pop(k)
+        assert ra == rb
+    for name in ("model", "ema"):
+        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (full, cut))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -93,6 +93,19 @@ def _is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def shard_like(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full tensors keyed like `model.state_dict()` (an EMA's shadow weights), sharded as the model's own
+    entries are once FSDP2 has sharded it; unchanged in one process or under DDP. Every process passes the
+    same full tensors."""
+    if not _is_sharded(model):
+        return tensors
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    own = model.state_dict()
+    return {k: distribute_tensor(v.to(own[k].device), own[k].device_mesh, own[k].placements)
+            if isinstance(own[k], DTensor) else v for k, v in tensors.items()}
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full weights on the CPU (every process takes part when sharded)."""
     if _is_sharded(model):

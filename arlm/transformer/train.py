@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -109,8 +108,6 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
         raise ConfigError(f"stage must be pretrain or sft, got {cfg.stage!r}")
     if tc.grad_accum < 1:
         raise ConfigError("trainer.grad_accum must be at least 1")
-    if tc.ema > 0 and tc.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise ConfigError("trainer.ema is not supported with trainer.parallel=fsdp yet (use ddp)")
     rank, world, device = parallel.init(resolve_device(tc.device))
     try:
         return _train(cfg, yaml, rank, world, device)
@@ -158,6 +155,8 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         prepare_run_dir(run, KIND, False, True)
     parallel.barrier()
     net = parallel.parallelize(model, tc.parallel, tc.compile, world)  # what the loop calls
+    if ema:  # under FSDP2 each process averages its own shard of the weights
+        ema.shadow = parallel.shard_like(model, ema.shadow)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             fused=device.type == "cuda")
     step = 0
@@ -274,7 +273,7 @@ class SamplePictures:
             return
         sc = self.cfg.sample
         backup = None
-        if ema is not None and not parallel._is_sharded(model):
+        if ema is not None:
             backup = {k: v.clone() for k, v in model.state_dict().items()}
             ema.apply_to(model)
         with torch.compiler.set_stance("force_eager"):  # shapes change every token: never compile the sampler
