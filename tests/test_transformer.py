@@ -205,19 +205,29 @@ def test_resume_continues_the_same_run(tmp_path, token_dir):
     extra = ["trainer.ckpt_every=2", "trainer.ema=0.9", "trainer.grad_accum=2", "loss.z_loss=1e-4",
              "trainer.image_every=100"]
     full = train(cfg_of("pretrain", token_dir, tmp_path / "full", *extra))
-    cut = tmp_path / "cut"
+    cut = _cut_at_step_2(full, tmp_path / "cut")
+    train(cfg_of("pretrain", token_dir, cut, *extra, "resume=true"))
+    _assert_same_run(full, cut)
+
+
+def _cut_at_step_2(full, cut):
+    """A copy of a 4-step run with checkpoints at 2 and 4, as if it had been stopped after step 2."""
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoints" / "step-0000004")
     (cut / "checkpoints" / "latest").write_text("step-0000002")
-    train(cfg_of("pretrain", token_dir, cut, *extra, "resume=true"))
-    a, b = loss_rows(full), loss_rows(cut)
+    return cut
+
+
+def _assert_same_run(full, resumed):
+    """The resumed run logged the same losses and ended with the same weights, EMA included, bit for bit."""
+    a, b = loss_rows(full), loss_rows(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
         for k in ("tok_s", "mfu", "mem_mib"):
             ra.pop(k), rb.pop(k)
         assert ra == rb
     for name in ("model", "ema"):
-        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (full, cut))
+        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (full, resumed))
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -311,17 +321,6 @@ def test_two_processes_give_the_loss_of_one(tmp_path, token_dir, parallel):
 def test_fsdp_resume_continues_the_same_run(tmp_path, token_dir):
     extra = ("trainer.parallel=fsdp", "trainer.ema=0.9")
     full = _torchrun(tmp_path, token_dir, "full", 2, *extra, steps=4, ckpt_every=2)
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    shutil.rmtree(cut / "checkpoints" / "step-0000004")
-    (cut / "checkpoints" / "latest").write_text("step-0000002")
+    _cut_at_step_2(full, tmp_path / "cut")
     _torchrun(tmp_path, token_dir, "cut", 2, *extra, "resume=true", steps=4, ckpt_every=2)
-    a, b = loss_rows(full), loss_rows(cut)
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        for k in ("tok_s", "mfu", "mem_mib"):
-            ra.pop(k), rb.pop(k)
-        assert ra == rb
-    for name in ("model", "ema"):
-        wa, wb = (checkpoint.load_weights(checkpoint.latest(r), name) for r in (full, cut))
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _assert_same_run(full, tmp_path / "cut")
