@@ -6,7 +6,8 @@ a caption string may also occur there). Each prompt gets --n images per scale, s
 (`arlm.transformer.sample.image_seed`), so every scale sees the same random draws; a caption that occurs
 twice gets fresh image indices the second time, never the same image twice. Each scale is also compared
 with the first one image by image: how many images it gains and loses, and the exact sign test's p-value.
-Prints JSON and writes the plot (--plot, default docs/cfg.png).
+Prints JSON and writes the plot (--plot, default docs/cfg.png); --also draws earlier outputs of this script
+(saved JSON) beside the new curve, one line per run.
 
     .venv/bin/python scripts/cfg_curve.py runs/pretrain --scales 1,1.5,2,3,4,6
 """
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--plot", default="docs/cfg.png")
+    ap.add_argument("--also", nargs="*", default=[], help="earlier JSON outputs of this script to plot beside this run")
     args = ap.parse_args()
     setup_logging()
     kinds = set(args.kinds.split(","))
@@ -77,7 +79,12 @@ def main() -> None:
         log.info("cfg %.2f: the judge accepts %d of %d; against the first scale %d gained, %d lost (sign test p = %.3f)",
                  scale, summary["correct"], summary["n"], change["gained"], change["lost"], change["p"])
     if args.plot:
-        line_plot(rows, ["accuracy"], args.plot, x_key="cfg")
+        curves = [json.loads(open(f).read()) for f in args.also] + [{"run": args.run, "curve": rows}]
+        points: dict[float, dict] = {}
+        for c in curves:
+            for r in c["curve"]:
+                points.setdefault(r["cfg"], {"cfg": r["cfg"]})[c["run"]] = r["accuracy"]
+        line_plot([points[k] for k in sorted(points)], [c["run"] for c in curves], args.plot, x_key="cfg")
     print(json.dumps({"run": args.run, "prompts": len(prompts), "n": args.n, "schedule": args.schedule,
                       "top_k": args.top_k, "curve": rows}))
 
