@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 from PIL import Image
 
@@ -44,6 +45,13 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", default=[], help="earlier JSON outputs of this script to plot beside this run")
     args = ap.parse_args()
     setup_logging()
+    try:  # read before the long sampling, so that a bad path fails at once
+        earlier = [json.loads(Path(f).read_text()) for f in args.also]
+        for c in earlier:
+            if "run" not in c or not c.get("curve") or any({"cfg", "accuracy"} - set(r) for r in c["curve"]):
+                raise ValueError("it has no run or no curve of cfg and accuracy")
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        ap.error(f"--also: not an output of this script: {e}")
     kinds = set(args.kinds.split(","))
     prompts = []
     for s in read_shards(args.shards):
@@ -79,7 +87,7 @@ def main() -> None:
         log.info("cfg %.2f: the judge accepts %d of %d; against the first scale %d gained, %d lost (sign test p = %.3f)",
                  scale, summary["correct"], summary["n"], change["gained"], change["lost"], change["p"])
     if args.plot:
-        curves = [json.loads(open(f).read()) for f in args.also] + [{"run": args.run, "curve": rows}]
+        curves = earlier + [{"run": args.run, "curve": rows}]
         points: dict[float, dict] = {}
         for c in curves:
             for r in c["curve"]:
