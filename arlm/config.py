@@ -46,7 +46,6 @@ class TokenizerLossConfig:
 
     l1: float = 1.0
     l2: float = 0.0
-    luma: float = 0.0  # an L1 term on the luma (BT.601 Y) of the error: strokes of text differ most in luma
     codebook: float = 1.0  # weight of the quantizer's own losses (commitment, codebook, entropy)
     perceptual: float = 0.0
     perceptual_weights: Optional[str] = None  # local LPIPS-style weights; none: the weight-free fallback

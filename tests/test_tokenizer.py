@@ -303,15 +303,3 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
         state = checkpoint.load_state(ckpt)
         assert state["step"] >= 1 and checkpoint.load_weights(ckpt)["w"].shape == (4_000_000,)
         assert len(list((run / "checkpoints").glob("step-*"))) <= 3
-
-
-def test_luma_loss_adds_to_the_first_reconstruction_loss(tmp_path, synth_dir):
-    """The same weights and batch at step 1: with loss.luma the logged reconstruction loss is the plain one
-    plus a positive luma term."""
-    def first_rec(*extra, name):
-        run = train(tiny_cfg(tmp_path, synth_dir, "trainer.max_steps=1", "trainer.log_every=1", *extra, name=name))
-        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["rec"]
-
-    plain = first_rec(name="plain")
-    assert first_rec("tokenizer.loss.luma=1.0", name="luma") > plain
-    assert first_rec("tokenizer.loss.luma=0.0", name="off") == plain

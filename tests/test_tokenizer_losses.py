@@ -13,7 +13,7 @@ from torch import nn
 
 from arlm.errors import UserError
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
-from arlm.tokenizer.perceptual import LPIPS, EdgeLoss, build_perceptual, luma
+from arlm.tokenizer.perceptual import LPIPS, EdgeLoss, build_perceptual
 
 
 def _edge(h: int, w: int, col: float, width: float = 1.0) -> torch.Tensor:
@@ -262,13 +262,3 @@ def test_losses_run_in_fp32_under_autocast(lpips_file):
         d = model(x.bfloat16(), -x.bfloat16())
     assert d.dtype == torch.float32
     torch.testing.assert_close(d, model(x.bfloat16().float(), -x.bfloat16().float()))
-
-
-def test_luma_of_grey_is_the_grey_and_luma_is_linear():
-    grey = torch.rand(2, 1, 5, 7).expand(2, 3, 5, 7)
-    torch.testing.assert_close(luma(grey), grey[:, 0])  # the weights sum to 1
-    a, b = torch.rand(2, 3, 5, 7), torch.rand(2, 3, 5, 7)
-    torch.testing.assert_close(luma(a - b), luma(a) - luma(b))
-    # green weighs most, blue least: the same step in each channel moves luma by 0.587, 0.299, 0.114
-    steps = torch.eye(3).view(3, 3, 1, 1)
-    torch.testing.assert_close(luma(steps).flatten(), torch.tensor([0.299, 0.587, 0.114]))

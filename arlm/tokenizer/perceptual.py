@@ -188,12 +188,6 @@ class EdgeLoss(nn.Module):
             return torch.stack(terms).mean(dim=0)  # (B,)
 
 
-def luma(x: Tensor) -> Tensor:
-    """(B, 3, H, W) RGB -> (B, H, W): the BT.601 luma weights (as JPEG's Y). Linear, so the luma of an
-    error is the error of the lumas."""
-    return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
-
-
 def build_perceptual(weights: str | None) -> nn.Module:
     """LPIPS from the local file `weights`, or the weight-free EdgeLoss when there is none."""
     return LPIPS.from_file(weights) if weights else EdgeLoss()

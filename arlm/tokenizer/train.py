@@ -31,7 +31,7 @@ from arlm.log import log, progress
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
-from arlm.tokenizer.perceptual import build_perceptual, luma
+from arlm.tokenizer.perceptual import build_perceptual
 from arlm.training import (EMA, Metrics, autocast, lr_at, prepare_run_dir, rng_state, run_info, set_lr, set_rng_state,
                            setup)
 from arlm.viz import line_plot
@@ -133,8 +133,6 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
             recon = recon.float()
             # losses in fp32
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
-            if lc.luma > 0:
-                rec = rec + lc.luma * luma(recon - x).abs().mean()
             if perceptual is not None:
                 rec = rec + lc.perceptual * perceptual(recon, x).mean()
             loss = rec + lc.codebook * sum(qlosses.values(), torch.zeros((), device=device))
