@@ -10,6 +10,10 @@ batch 1 and 16, in the resolved precision (bf16 on CUDA, the faster of bf16/fp32
   and the cache's advantage a lower bound); the table says so;
 - transformers' LlamaForCausalLM.generate at the same shape, batch and dtype, with its own KV cache,
   sampling 256 new tokens (min = max = 256); transformers is a bench-only extra (`pip install -e '.[bench]'`).
+- the kernel floor: the cached loop cut down to what any sampler of this model must run at each step, the
+  matmuls of every layer and of the head's visual rows, the cache writes and attention over the cache,
+  and nothing else (no norms, rope, activations or drawing; its output is meaningless). No implementation
+  that calls the same kernels runs faster, so it bounds the ratio to `generate` that any sampler can reach.
 
 All are timed in interleaved rounds (the median kept). Prints a markdown table, then one JSON line.
 """
@@ -61,6 +65,32 @@ def hf_model(cfg, vocab_size, device, dtype):
     return LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
 
 
+@torch.no_grad()
+def kernel_floor(model: Transformer, vocab: Vocab, B: int, prefix_len: int, n: int, device,
+                 precision: str) -> None:
+    """n decoding steps of `model` at batch B reduced to their matmuls, cache writes and attention."""
+    m = model.cfg
+    hd, kv, L = m.dim // m.n_heads, m.n_kv_heads or m.n_heads, m.n_layers
+    cache_k = torch.zeros(L, B, kv, prefix_len + n, hd, device=device, dtype=DTYPES[precision])
+    cache_v = torch.zeros_like(cache_k)
+    head = model.head.weight[vocab.visual0:vocab.visual0 + vocab.codebook_size]
+    x = torch.randn(B, 1, m.dim, device=device)
+    hidden = ffn_hidden(m)
+    with autocast(device, precision):
+        for j in range(n):
+            end, h = prefix_len + j + 1, x
+            for i, block in enumerate(model.blocks):
+                q, k, v = block.attn.qkv(h).split([m.dim, kv * hd, kv * hd], dim=-1)
+                cache_k[i, :, :, end - 1] = k.view(B, kv, hd)
+                cache_v[i, :, :, end - 1] = v.view(B, kv, hd)
+                y = torch.nn.functional.scaled_dot_product_attention(
+                    q.view(B, 1, m.n_heads, hd).transpose(1, 2), cache_k[i, :, :, :end], cache_v[i, :, :, :end],
+                    enable_gqa=kv != m.n_heads)
+                h = block.attn.proj(y.transpose(1, 2).reshape(B, 1, m.dim))
+                h = block.mlp.w2(block.mlp.w13(h)[..., :hidden])
+            torch.nn.functional.linear(h, head)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="small,b", help="model presets")
@@ -98,6 +128,8 @@ def main() -> None:
                 "arimg, no cache": (lambda: sample(model, vocab, [PROMPT] * B, seeds, H, W, Settings(), precision,
                                                    use_cache=False, steps=partial), partial),
             }
+            runs["kernel floor (matmuls, cache writes, attention only)"] = (
+                lambda: kernel_floor(model, vocab, B, len(prefix), n, device, precision), n)
             if hf is not None:
                 def hf_run():
                     with torch.no_grad(), autocast(device, precision):
@@ -108,6 +140,7 @@ def main() -> None:
             log.info(f"{preset}, batch {B}: warm-up")  # kernels, allocator: a few tokens of each
             sample(model, vocab, [PROMPT] * B, seeds, H, W, Settings(), precision, steps=8)
             sample(model, vocab, [PROMPT] * B, seeds, H, W, Settings(), precision, use_cache=False, steps=4)
+            kernel_floor(model, vocab, B, len(prefix), 8, device, precision)
             if hf is not None:
                 with torch.no_grad(), autocast(device, precision):
                     hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,

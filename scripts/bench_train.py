@@ -10,6 +10,10 @@ For the model of `arimg pretrain` with the given Hydra overrides (default: the `
 - the reference: transformers' LlamaForCausalLM at the same shape (width, layers, heads, SwiGLU width,
   vocabulary, tied embeddings), batch and precision, its own loss (`labels=`), the same optimizer, SDPA
   attention. transformers is a bench-only extra: `pip install -e '.[bench]'`.
+- the kernel floor: a training step of the same model cut down to what any implementation must run, the
+  matmuls of every layer and of the head and causal attention, forward and backward, and nothing else
+  (no norms, rope, activations, residuals, loss or optimizer). No implementation calling the same kernels
+  runs faster, so reference / floor bounds the speed-up over the reference that they allow;
 - MFU of each against the bf16 peak and the peak of the precision used; FLOPs per token: 6 per matmul
   weight + 12 * layers * width * T (`Transformer.flops_per_token`), the same count for both models.
 
@@ -24,6 +28,7 @@ import statistics
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from arlm.config import compose, to_object
 from arlm.errors import UserError
@@ -53,6 +58,33 @@ def ours_step(cfg, vocab_size: int, tokens: torch.Tensor, pos: torch.Tensor, dev
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def floor_step(cfg, vocab_size: int, tokens: torch.Tensor, device, precision: str):
+    torch.manual_seed(0)
+    model = Transformer(cfg.model, vocab_size).to(device).train()
+    m = cfg.model
+    hd, kv, hidden = m.dim // m.n_heads, m.n_kv_heads or m.n_heads, ffn_hidden(m)
+    inputs = tokens[:, :-1]
+    B, T = inputs.shape
+
+    def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(B, T, n, hd).transpose(1, 2)
+
+    def step() -> None:
+        with autocast(device, precision):
+            h = model.embed(inputs)
+            for block in model.blocks:
+                q, k, v = block.attn.qkv(h).split([m.dim, kv * hd, kv * hd], dim=-1)
+                y = F.scaled_dot_product_attention(heads(q, m.n_heads), heads(k, kv), heads(v, kv), is_causal=True,
+                                                   enable_gqa=kv != m.n_heads)
+                h = block.attn.proj(y.transpose(1, 2).reshape(B, T, m.dim))
+                h = block.mlp.w2(block.mlp.w13(h)[..., :hidden])
+            logits = model.head(h)
+        logits.float().sum().backward()
+        model.zero_grad(set_to_none=True)
 
     return model, step
 
@@ -123,6 +155,7 @@ def main() -> None:
     steps: dict = {}
     for name, comp in [("arimg", False)] + ([] if args.no_compile else [("arimg, torch.compile", True)]):
         steps[name] = ours_step(cfg, vocab_size, tokens, pos, device, precision, comp)
+    steps["kernel floor (matmuls and attention only)"] = floor_step(cfg, vocab_size, tokens, device, precision)
     hf_params = None
     try:
         steps["transformers LlamaForCausalLM"] = hf_step(cfg, vocab_size, tokens, device, precision)
