@@ -63,6 +63,7 @@ def ours_step(cfg, vocab_size: int, tokens: torch.Tensor, pos: torch.Tensor, dev
 
 
 def floor_step(cfg, vocab_size: int, tokens: torch.Tensor, device, precision: str):
+    """A training step of the model reduced to its matmuls and attention, forward and backward."""
     torch.manual_seed(0)
     model = Transformer(cfg.model, vocab_size).to(device).train()
     m = cfg.model
