@@ -38,9 +38,6 @@ class DataConfig:
     num_workers: int = 0
     shuffle_buffer: int = 1000  # samples held for shuffling; 0 keeps shard order
     seed: int = 0
-    # keep each decoded image in memory after its first epoch (per reader): later epochs skip the decoding,
-    # the same batches either way; for a set that fits in memory (20,000 64x64 images: about 250 MB)
-    cache: bool = False
 
 
 @dataclass

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from arlm.config import DataConfig
 from arlm.errors import ConfigError, UserError
-from arlm.data.shards import Decoded, SkipCounter, decode, expand, raw_samples
+from arlm.data.shards import SkipCounter, decode, expand, raw_samples
 from arlm.log import log
 from arlm.synth import parse_size
 
@@ -93,22 +93,7 @@ class ShardDataset(IterableDataset):
         self.skips = SkipCounter()
         self.epoch = 0
         self.skip: dict[int, int] = {}  # reader -> raw samples already consumed (set on resume)
-        self.cache: dict[tuple, Decoded] | None = {} if cfg.cache else None  # (url, key) -> decoded sample
         self.rotate = 0  # worker w reads as reader w + rotate (set on resume: see ShardLoader.load_state_dict)
-
-    def _decode(self, raw: dict) -> Decoded | None:
-        """decode(), kept in memory with `data.cache` so that later epochs skip the image decoding. The
-        shards are still read (the shuffle and the resume position count raw samples), and a sample that
-        fails is not kept, so it is counted as skipped again in each epoch, as without the cache."""
-        if self.cache is None:
-            return decode(raw, self.skips)
-        where = (raw.get("__url__"), raw.get("__key__"))
-        s = self.cache.get(where)
-        if s is None:
-            s = decode(raw, self.skips)
-            if s is not None:
-                self.cache[where] = s
-        return s
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -156,7 +141,7 @@ class ShardDataset(IterableDataset):
                 if pos <= skip:
                     skipped += 1
                     continue
-                s = self._decode(raw)
+                s = decode(raw, self.skips)
                 if s is None:
                     continue
                 # str seeds are stable across processes; one per sample, so skipping keeps the crops
