@@ -1,8 +1,9 @@
 """Tokenizer variants compared at equal wall time: which one reads the most words after a short budget?
 
 `arimg train-tokenizer` measures one recipe at the full 15 minutes; this script runs the same recipe (the
-preset's L1 + edge + quantizer losses, fused AdamW, warmup and cosine schedule, batches of 16 busiest-of-4
-32x32 windows) for a fixed number of *seconds*, so that a wider or slower variant gets fewer steps, as it
+config's pixel, perceptual (the edge loss unless LPIPS weights are named) and quantizer losses, fused
+AdamW, warmup and cosine schedule, batches of busiest-of-4 square windows: 16 of 32x32 in the preset) for
+a fixed number of *seconds*, so that a wider or slower variant gets fewer steps, as it
 would in the real budget. The training set is held in memory as uint8 and the windows are drawn there (the
 data path is not what is compared). The schedule's length is fixed from the step rate measured over steps
 20-60. Then the 1,000 held-out images are reconstructed: mean PSNR, and how many of the text kind the
@@ -32,9 +33,10 @@ from arlm.data.loader import ShardLoader
 from arlm.errors import UserError
 from arlm.judge import judge_many
 from arlm.log import log, setup_logging
+from arlm.synth import parse_size
 from arlm.tokenizer.metrics import psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
-from arlm.tokenizer.perceptual import EdgeLoss
+from arlm.tokenizer.perceptual import build_perceptual
 from arlm.training import EMA, lr_at, set_lr
 
 
@@ -146,8 +148,11 @@ def main() -> None:
         model = with_shortcuts(model)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, a.b2), weight_decay=0.0, fused=True)
     ema = EMA(model, a.ema) if a.ema else None
-    edge, g = EdgeLoss(), torch.Generator().manual_seed(a.seed)
-    tc = cfg.trainer
+    perceptual, g = build_perceptual(cfg.tokenizer.loss.perceptual_weights), torch.Generator().manual_seed(a.seed)
+    tc, lc = cfg.trainer, cfg.tokenizer.loss
+    window, other = parse_size(cfg.data.crop_size) if cfg.data.crop_size else (64, 64)
+    if window != other:
+        ap.error(f"data.crop_size must be square here, got {cfg.data.crop_size}")
     tc.lr, tc.max_steps = a.lr, 10**9
     step, t0 = 0, time.perf_counter()
     model.train()
@@ -157,10 +162,13 @@ def main() -> None:
         if step == 60:  # the schedule's length, from the measured rate
             tc.max_steps = max(61, int(a.budget * 40 / (time.perf_counter() - t20)))
             log.info("%s: %.2f steps/s -> %d steps", a.name, 40 / (time.perf_counter() - t20), tc.max_steps)
-        x = to_unit(busy_windows(train_images, torch.randint(0, len(train_images), (16,), generator=g), g))
+        idx = torch.randint(0, len(train_images), (cfg.data.batch_size,), generator=g)
+        x = to_unit(busy_windows(train_images, idx, g, size=window))
         set_lr(opt, lr_at(step, tc))
         recon, _, q = model(x)
-        loss = (recon - x).abs().mean() + edge(recon, x).mean() + sum(q.values())
+        loss = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean() + sum(q.values())
+        if lc.perceptual > 0:
+            loss = loss + lc.perceptual * perceptual(recon, x).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
