@@ -7,7 +7,8 @@ a fixed number of *seconds*, so that a wider or slower variant gets fewer steps,
 would in the real budget. The training set is held in memory as uint8 and the windows are drawn there (the
 data path is not what is compared). The schedule's length is fixed from the step rate measured over steps
 20-60. Then the 1,000 held-out images are reconstructed: mean PSNR, and how many of the text kind the
-judge reads (of 238 in `data/synth-val`).
+judge reads (of 238 in `data/synth-val`); for VQ also how many it reads when the encoder's latents are
+decoded without quantizing them, which tells what the codebook costs.
 
     .venv/bin/python scripts/sweep_tokenizer.py --name base --budget 240
     .venv/bin/python scripts/sweep_tokenizer.py --name ch48 --budget 240 tokenizer.channels=48
@@ -33,6 +34,7 @@ from arlm.data.loader import ShardLoader
 from arlm.errors import UserError
 from arlm.judge import judge_many
 from arlm.log import log, setup_logging
+from arlm.quantizers.vq import VectorQuantizer
 from arlm.synth import parse_size
 from arlm.tokenizer.metrics import psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
@@ -110,10 +112,17 @@ def with_shortcuts(model: Tokenizer) -> Tokenizer:
 def evaluate(model: nn.Module, images: torch.Tensor, captions: list[str]) -> dict:
     model.eval()
     out = torch.cat([from_unit(model(to_unit(images[i: i + 100]))[0]) for i in range(0, len(images), 100)])
-    text = [(out[i].permute(1, 2, 0).numpy(), c) for i, c in enumerate(captions) if c.startswith("the word")]
-    ok = sum(v.ok for v in judge_many(text))
-    return {"psnr": round(psnr(images, out).clamp(max=100).mean().item(), 2), "text": f"{ok}/{len(text)}",
-            "text_pct": round(100 * ok / max(1, len(text)), 1)}
+    sel = [i for i, c in enumerate(captions) if c.startswith("the word")]
+    ok = sum(v.ok for v in judge_many([(out[i].permute(1, 2, 0).numpy(), captions[i]) for i in sel]))
+    result = {"psnr": round(psnr(images, out).clamp(max=100).mean().item(), 2), "text": f"{ok}/{len(sel)}",
+              "text_pct": round(100 * ok / max(1, len(sel)), 1)}
+    q = model.quantizer
+    if isinstance(q, VectorQuantizer) and sel:  # the same words decoded from the encoder's latents, unquantized
+        z = model.encoder(to_unit(images[sel]))
+        out = from_unit(model.decoder(F.normalize(z, dim=1) if q.l2norm else z))
+        result["text_unquantized"] = sum(v.ok for v in judge_many([(out[k].permute(1, 2, 0).numpy(), captions[i])
+                                                                   for k, i in enumerate(sel)]))
+    return result
 
 
 def main() -> None:
