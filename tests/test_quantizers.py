@@ -117,3 +117,25 @@ def test_lfq_entropy_terms():
     per_bit = _entropy(torch.stack([1 - p1, p1], -1).mean(0)).sum()
     exact = -(q._entropy_loss(flat) - _entropy(torch.stack([1 - p1, p1], -1)).sum(-1).mean())
     assert per_bit >= exact - 1e-4
+
+
+@pytest.mark.parametrize("l2norm", [True, False])
+def test_vq_search_in_chunks_finds_the_nearest_code(l2norm):
+    torch.manual_seed(0)
+    q = VectorQuantizer(300, dim=8, l2norm=l2norm, kmeans_init=False)
+    flat = torch.randn(1000, 8)
+    flat = torch.nn.functional.normalize(flat, dim=1) if l2norm else flat
+    brute = torch.cdist(flat, q._codes()).argmin(1)  # every distance at once
+    assert torch.equal(q._nearest(flat, chunk=64), brute)
+
+
+@pytest.mark.parametrize("ema, threshold", [(False, 0.0), (False, 0.5), (True, 0.5)])
+def test_vq_training_indices_are_nearest_to_the_updated_codes(ema, threshold):
+    """One search per step unless the codes moved (init, EMA, restart): the indices still name the nearest codes."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(32, dim=4, ema=ema, decay=0.5, dead_threshold=threshold).train()
+    for _ in range(5):
+        z = torch.randn(2, 4, 8, 8)
+        _, indices, _ = q(z)
+        flat = torch.nn.functional.normalize(z.movedim(1, -1).reshape(-1, 4), dim=1)
+        assert torch.equal(indices.flatten(), (flat @ q._codes().T).argmax(1))
