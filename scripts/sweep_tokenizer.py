@@ -13,6 +13,7 @@ decoded without quantizing them, which tells what the codebook costs.
     .venv/bin/python scripts/sweep_tokenizer.py --name base --budget 240
     .venv/bin/python scripts/sweep_tokenizer.py --name ch48 --budget 240 tokenizer.channels=48
     .venv/bin/python scripts/sweep_tokenizer.py --name dcae --budget 240 --shortcuts
+    .venv/bin/python scripts/sweep_tokenizer.py --name J --tokenizer runs/tok-vqvae   # judge a trained run
 
 Prints one JSON line on stdout (and appends it to --out); progress on stderr. Run on an otherwise idle
 machine, or two at a time with --threads 1 when comparing a pair.
@@ -36,6 +37,7 @@ from arlm.judge import judge_many
 from arlm.log import log, setup_logging
 from arlm.quantizers.vq import VectorQuantizer
 from arlm.synth import parse_size
+from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.metrics import psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
@@ -129,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's trainer.lr)")
     ap.add_argument("--b2", type=float, default=0.95, help="AdamW's beta2")
     ap.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the weights with this decay")
     ap.add_argument("--shortcuts", action="store_true", help="DC-AE's shortcuts around each change of resolution")
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--train", default="data/synth")
     ap.add_argument("--val", default="data/synth-val")
     ap.add_argument("--out", default="sweep_tokenizer.jsonl")
+    ap.add_argument("--tokenizer", default=None, help="judge this trained run (arimg train-tokenizer) instead of training")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of train_tokenizer (tokenizer.*, trainer.*)")
     a = ap.parse_args()
     if a.budget <= 0 or a.threads < 1:
@@ -146,23 +149,31 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     try:
         cfg = to_object(compose("train_tokenizer", a.overrides))
-        train_images, _ = load(a.train)
+        trained = load_tokenizer(a.tokenizer, device="cpu") if a.tokenizer else None
         val_images, val_captions = load(a.val)
+        train_images = None if trained else load(a.train)[0]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    if trained:
+        result = {"name": a.name, "tokenizer": str(trained.ckpt), "raw": evaluate(trained.model, val_images, val_captions)}
+        print(json.dumps(result))
+        with open(a.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        return
     torch.manual_seed(a.seed)
     model = Tokenizer(cfg.tokenizer)
     if a.shortcuts:
         model = with_shortcuts(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, a.b2), weight_decay=0.0, fused=True)
+    lr = a.lr if a.lr is not None else cfg.trainer.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, a.b2), weight_decay=0.0, fused=True)
     ema = EMA(model, a.ema) if a.ema else None
     perceptual, g = build_perceptual(cfg.tokenizer.loss.perceptual_weights), torch.Generator().manual_seed(a.seed)
     tc, lc = cfg.trainer, cfg.tokenizer.loss
     window, other = parse_size(cfg.data.crop_size) if cfg.data.crop_size else (64, 64)
     if window != other:
         ap.error(f"data.crop_size must be square here, got {cfg.data.crop_size}")
-    tc.lr, tc.max_steps = a.lr, 10**9
+    tc.lr, tc.max_steps = lr, 10**9
     step, t0 = 0, time.perf_counter()
     model.train()
     while step < tc.max_steps:
