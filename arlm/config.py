@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from arlm.errors import ConfigError
 from arlm.judge import JudgeConfig
-from arlm.synth import COLORS, SHAPES, article
+from arlm.synth import KINDS, single_prompts
 
 
 @dataclass
@@ -168,7 +168,7 @@ class SampleConfig:
     """The sample grids written while training: fixed prompts, a plain sampler, judged (arlm.judge)."""
 
     # every single-object caption of the synthetic grammar (SYNTH.md): 6 colours x 3 shapes
-    prompts: list[str] = field(default_factory=lambda: [f"{article(c)} {c} {s}" for s in SHAPES for c in COLORS])
+    prompts: list[str] = field(default_factory=single_prompts)
     n: int = 2  # images per prompt
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
@@ -192,6 +192,37 @@ class TrainTransformerConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How images are drawn: the defaults of `arimg sample` and `arimg eval generator` (arlm.transformer.sample)."""
+
+    cfg: float = 1.5  # classifier-free guidance scale; 1 = none
+    cfg_schedule: str = "constant"  # constant | linear (1 -> cfg over the grid) | interval
+    cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # interval: the grid fractions guided
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 50  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+
+@dataclass
+class EvalGeneratorConfig:
+    """`arimg eval generator`: sample held-out prompts of every kind, judge each image, accuracy per kind."""
+
+    prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # grammar prompts: these kinds
+    per_kind: int = 50  # grammar prompts: this many of each kind
+    prompt_seed: int = 1  # grammar prompts: the captions of `arimg data synth --seed` this (held out: not 0)
+    n: int = 4  # images per prompt and sampling seed
+    seeds: list[int] = field(default_factory=lambda: [0])  # sampling seeds; figures are averaged over them
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    size: Optional[str] = None  # "N" or "HxW" pixels; None: the grid the model was trained on
+    batch_size: int = 32  # images per sampling batch
+    out: str = "eval-generator"  # images, verdicts.jsonl and one contact sheet per kind
+    sheet_per_kind: int = 48  # images on each kind's contact sheet (the first sampling seed's)
+    device: str = "auto"
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
 class EvalImagesConfig:
     """`arimg eval images`: judge images against their captions."""
 
@@ -201,7 +232,7 @@ class EvalImagesConfig:
 
 
 # command name -> root schema; conf/<name>.yaml is its root config
-ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "train_tokenizer": TrainTokenizerConfig,
+ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig, "train_tokenizer": TrainTokenizerConfig,
                           "pretrain": TrainTransformerConfig, "sft": TrainTransformerConfig}
 # the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}

@@ -55,6 +55,11 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def single_prompts() -> list[str]:
+    """Every single-object caption without a background: 6 colours x 3 shapes (the training stages' sample grids)."""
+    return [f"{article(c)} {c} {s}" for s in SHAPES for c in COLORS]
+
+
 def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
     """'64' -> (64, 64); '64x128' -> (64, 128) as (H, W)."""
     if isinstance(text, int):

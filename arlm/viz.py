@@ -10,9 +10,13 @@ from PIL import Image, ImageDraw
 from arlm.assets import bold_font
 
 
+MARKS = {True: (30, 160, 60), False: (210, 40, 40)}  # accepted / rejected frames
+
+
 def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None = None, cols: int = 8,
-                  cell: int = 128, label_lines: int = 4) -> Image.Image:
-    """Images in a grid, each scaled (nearest: pixels stay visible) to fit a cell, caption below it."""
+                  cell: int = 128, label_lines: int = 4, marks: Sequence[bool | None] | None = None) -> Image.Image:
+    """Images in a grid, each scaled (nearest: pixels stay visible) to fit a cell, caption below it; `marks`
+    frames each image green (True: the judge accepts it) or red (False)."""
     if not images:
         raise ValueError("no images for a contact sheet")
     cols = max(1, min(cols, len(images)))
@@ -31,6 +35,8 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None 
         thumb = img.convert("RGB").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                                           Image.NEAREST if scale >= 1 else Image.BICUBIC)
         sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        if marks is not None and marks[i] is not None:
+            draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=MARKS[bool(marks[i])], width=3)
         if captions:
             lines = textwrap.wrap(captions[i], chars)[:label_lines]
             for j, line in enumerate(lines):

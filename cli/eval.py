@@ -9,7 +9,7 @@ import typer
 from arlm.evaluation import eval_images
 from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit
 
-app = typer.Typer(help="Measure images against their captions, and tokenizers.", no_args_is_help=True)
+app = typer.Typer(help="Measure images against their captions, tokenizers and generators.", no_args_is_help=True)
 
 
 @app.command("images")
@@ -22,6 +22,21 @@ def images_cmd(
     """Judge whether each image shows its caption (synthetic grammar); per-kind accuracy as JSON on stdout."""
     cfg = configured("eval_images", overrides, print_config)
     emit(eval_images(src, cfg))
+
+
+@app.command("generator")
+def generator_cmd(
+    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Sample held-out prompts of every kind (or prompts=FILE), judge every image: accuracy per kind,
+    word exact-match rate and diversity as JSON on stdout; images, verdicts.jsonl and a contact sheet per
+    kind in out=DIR. seeds=[0,1,2] averages over sampling seeds; sampling.cfg=... and friends set the draw."""
+    from arlm.transformer.evaluate import eval_generator
+
+    cfg = configured("eval_generator", overrides, print_config)
+    emit(eval_generator(ckpt, cfg))
 
 
 @app.command("tokenizer")

@@ -8,7 +8,10 @@ from typing import List, Optional
 
 import typer
 
+from arlm.config import SamplingConfig
 from cli.common import emit, report
+
+DEFAULT = SamplingConfig()  # one home for the sampling defaults: arimg sample and arimg eval generator
 
 
 def sample_cmd(
@@ -18,12 +21,13 @@ def sample_cmd(
     ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
     n: int = typer.Option(1, "--n", help="Images per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (twice the rows with guidance)."),
-    cfg: float = typer.Option(1.5, "--cfg", help="Classifier-free guidance scale; 1 = none (1.5: best measured, docs/results.md)."),
-    cfg_schedule: str = typer.Option("constant", "--cfg-schedule", help="constant | linear (1 -> cfg) | interval."),
-    cfg_interval: str = typer.Option("0,1", "--cfg-interval", help="lo,hi: the grid fractions guided (interval)."),
-    temperature: float = typer.Option(1.0, "--temperature", help="0 = greedy."),
-    top_k: int = typer.Option(50, "--top-k", help="0 = off (50: best measured with the demo model)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="1 = off."),
+    cfg: float = typer.Option(DEFAULT.cfg, "--cfg", help="Classifier-free guidance scale; 1 = none (docs/results.md)."),
+    cfg_schedule: str = typer.Option(DEFAULT.cfg_schedule, "--cfg-schedule", help="constant | linear (1 -> cfg) | interval."),
+    cfg_interval: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT.cfg_interval), "--cfg-interval",
+                                     help="lo,hi: the grid fractions guided (interval)."),
+    temperature: float = typer.Option(DEFAULT.temperature, "--temperature", help="0 = greedy."),
+    top_k: int = typer.Option(DEFAULT.top_k, "--top-k", help="0 = off (docs/results.md)."),
+    top_p: float = typer.Option(DEFAULT.top_p, "--top-p", help="1 = off."),
     seed: int = typer.Option(0, "--seed"),
     size: Optional[str] = typer.Option(None, "--size", help="Image size N or HxW (default: the training grid's)."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for the PNG files."),

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from arlm.data.shards import read_shards
-from arlm.judge import judge_many, paired_change, summarize
+from arlm.judge import paired_change, summarize
 from arlm.log import log, setup_logging
 from arlm.perf import resolve_precision
 from arlm.tokenizer.codec import load_tokenizer
-from arlm.transformer.sample import Settings, image_seed, load_model, sample
+from arlm.transformer.evaluate import image_jobs, sample_and_judge
+from arlm.transformer.sample import Settings, image_seed, load_model
 from arlm.viz import line_plot
 
 
@@ -63,22 +61,13 @@ def main() -> None:
     tok = load_tokenizer(vocab.tokenizer, "cpu")
     precision = resolve_precision("auto", next(model.parameters()).device)
     h, w = vocab.grid
-    # a caption may occur more than once among the prompts: its later occurrences take the next image indices,
-    # so that no image is drawn (and counted) twice
-    jobs, seen = [], Counter()
-    for p in prompts:
-        jobs += [(p, seen[p] + i) for i in range(args.n)]
-        seen[p] += args.n
+    jobs = image_jobs(prompts, args.n)  # a caption listed twice takes fresh image indices
     rows, first = [], []
     for scale in (float(x) for x in args.scales.split(",")):
         settings = Settings(cfg=scale, cfg_schedule=args.schedule, top_k=args.top_k)
-        images = []
-        for b in range(0, len(jobs), args.batch_size):
-            batch = jobs[b:b + args.batch_size]
-            codes = sample(model, vocab, [p for p, _ in batch], [image_seed(0, p, i) for p, i in batch], h, w,
-                           settings, precision)
-            images += [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in tok.decode(codes)]
-        verdicts = list(judge_many(zip(images, [p for p, _ in jobs])))
+        judged = sample_and_judge(model, vocab, [p for p, _ in jobs], [image_seed(0, p, i) for p, i in jobs], (h, w),
+                                  settings, precision, tok, batch_size=args.batch_size)
+        verdicts = [j.verdict for j in judged]
         summary, ok = summarize(verdicts), [v.ok for v in verdicts]
         first = first or ok
         change = paired_change(first, ok)  # against the first scale, image by image (the same noise)

@@ -58,6 +58,13 @@ class Settings:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature >= 0, top-k >= 0 and 0 < top-p <= 1, please")
 
+    @classmethod
+    def from_config(cls, c) -> "Settings":
+        """From an arlm.config.SamplingConfig."""
+        if len(c.cfg_interval) != 2:
+            raise ValueError(f"cfg interval must be [lo, hi], got {list(c.cfg_interval)}")
+        return cls(c.cfg, c.cfg_schedule, tuple(c.cfg_interval), c.temperature, c.top_k, c.top_p)
+
     def scale(self, j: int, n: int) -> float:
         """Guidance scale for visual token j of n."""
         if self.cfg_schedule == "linear":
@@ -280,6 +287,15 @@ class Sampler:
         except ValueError as e:
             raise ConfigError(f"--size: {e}") from None
         self.keep = self._prefix(request) if request.prefix_image else None
+
+    def check(self, prompt: str) -> None:
+        """A ConfigError when the prompt and the grid do not fit the model's context."""
+        from arlm.errors import ConfigError
+
+        try:
+            check_prompt(self.vocab, prompt, *self.grid, self.model.cfg.max_seq_len)
+        except LayoutError as e:
+            raise ConfigError(str(e)) from None
 
     def _prefix(self, request: Request) -> torch.Tensor:
         from arlm.errors import ConfigError

@@ -34,7 +34,9 @@ from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer import parallel
 from arlm.transformer.data import Batches, token_info
 from arlm.transformer.model import Transformer
-from arlm.transformer.sample import check_prompt, generate
+from arlm.judge import summarize
+from arlm.transformer.evaluate import sample_and_judge, verdict_labels
+from arlm.transformer.sample import Settings, check_prompt, image_seed
 from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R, LayoutError, Vocab
 from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device, rng_state, run_info, seed_all,
                            set_lr, set_rng_state, autocast)
@@ -228,7 +230,8 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
                 elapsed = time.perf_counter() - t0
                 tok_s = tokens_seen / elapsed
                 row = {"step": step, "loss": s[0] / s[1], "loss_visual": s[2] / max(s[3], 1), "lr": lr,
-                       "tok_s": tok_s, "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device)}
+                       "tok_s": tok_s, "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device),
+                       "elapsed_s": elapsed}
                 if metrics:
                     metrics.write(row)
                     bar.update(task, completed=step, info=f"loss {row['loss']:.3f}  visual {row['loss_visual']:.3f}  "
@@ -276,23 +279,20 @@ class SamplePictures:
         if ema is not None:
             backup = {k: v.clone() for k, v in model.state_dict().items()}
             ema.apply_to(model)
+        prompts = [p for p in sc.prompts for _ in range(sc.n)]
+        seeds = [image_seed(sc.seed, p, i) for p in sc.prompts for i in range(sc.n)]
         with torch.compiler.set_stance("force_eager"):  # shapes change every token: never compile the sampler
-            codes = torch.cat([generate(model, self.vocab, p, *self.grid, sc.n, sc.temperature, sc.top_k,
-                                        sc.seed + i, self.precision) for i, p in enumerate(sc.prompts)])
+            judged = sample_and_judge(model, self.vocab, prompts, seeds, self.grid,
+                                      Settings(temperature=sc.temperature, top_k=sc.top_k), self.precision,
+                                      self.tokenizer() if self.rank == 0 else None)
         if backup is not None:
             model.load_state_dict(backup)
         if self.rank != 0:
             return
-        from PIL import Image
-
-        from arlm.judge import judge_many, summarize
-
-        images = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in self.tokenizer().decode(codes.cpu())]
-        captions = [p for p in sc.prompts for _ in range(sc.n)]
-        verdicts = list(judge_many(zip(images, captions)))
-        labels = [f"{'OK' if v.ok else 'no'}: {c}" for v, c in zip(verdicts, captions)]
-        contact_sheet(images, labels, cols=max(sc.n, 8)).save(self.run / "images" / f"samples-{step:07d}.png")
-        summary = summarize(verdicts)
+        labels, marks = verdict_labels(judged)
+        contact_sheet([j.image for j in judged], labels, cols=max(sc.n, 8), marks=marks).save(
+            self.run / "images" / f"samples-{step:07d}.png")
+        summary = summarize([j.verdict for j in judged])
         row = {"step": step, "judge": summary["accuracy"],
                **{f"judge_{k}": v["accuracy"] for k, v in summary["per_kind"].items()}}
         if metrics:
