@@ -132,6 +132,7 @@ class Verdict:
     # detected objects: {"color", "shape", "bbox": [x0, y0, x1, y1], "area": px, "fit": signature distance}
     objects: tuple[dict, ...] = ()
     ocr: str | None = None  # what tesseract read (text captions)
+    ink: str | None = None  # text captions: the most frequent ink colour (None: no ink)
 
 
 INK = np.array(list(COLORS.values()), dtype=np.float32)  # (6, 3) object colours, in COLORS order
@@ -381,12 +382,12 @@ def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> V
         ci = int(counts.argmax())
         dominant = list(COLORS)[ci]
         if dominant != exp.text_color:
-            return verdict(False, f"expected {exp.text_color} text, found mostly {dominant}")
+            return verdict(False, f"expected {exp.text_color} text, found mostly {dominant}", ink=dominant)
         if not cfg.ocr:
-            return verdict(True, f"{dominant} text (ocr off)")
+            return verdict(True, f"{dominant} text (ocr off)", ink=dominant)
         read = _read_word(_text_alpha(rgb, bg_rgb, label, ink, ci), exp.word, cfg)
         ok = read == exp.word
-        return verdict(ok, f"ocr read {read!r}" + ("" if ok else f", expected {exp.word!r}"), ocr=read)
+        return verdict(ok, f"ocr read {read!r}" + ("" if ok else f", expected {exp.word!r}"), ocr=read, ink=dominant)
 
     objects = _objects(label, ink, cfg)
     found = tuple(objects)
@@ -422,6 +423,51 @@ def judge_many(items: Iterable[tuple[ImageLike, str]], cfg: JudgeConfig = JudgeC
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def score(verdict: Verdict, caption: str) -> float:
+    """Partial credit in [0, 1] for a verdict on `caption`, 1 exactly when the verdict accepts: the mean of
+    the caption's claims, each scored on its own. The background, when the caption names one (right or
+    not); text: the ink colour, and the word's similarity 1 - edit distance / length of the longer; objects:
+    each asked (colour, shape) found (the share of asked objects present), the asked colours present
+    whatever their shape, nothing extra (1 / (1 + extra objects)), for a count 1 - |found - asked| / asked,
+    for a relation whether it holds. The graded reward of preference data and of `--rerank`."""
+    exp = parse_caption(caption)
+    if exp is None or verdict.kind is None:
+        return 0.0
+    if verdict.ok:
+        return 1.0
+    parts: list[float] = []
+    if exp.background is not None:
+        parts.append(float(verdict.background == exp.background))
+    if exp.kind == "text":
+        read = verdict.ocr or ""
+        parts.append(float(verdict.ink == exp.text_color))
+        parts.append(1 - _edit_distance(read, exp.word) / max(len(read), len(exp.word)) if verdict.ink == exp.text_color else 0.0)
+        return sum(parts) / len(parts)
+    want = Counter(exp.objects)
+    got = Counter((o["color"], o["shape"]) for o in verdict.objects)
+    matched = sum(min(n, got[k]) for k, n in want.items())
+    colours_want = Counter(c for c, _ in exp.objects)
+    colours_got = Counter(o["color"] for o in verdict.objects)
+    parts.append(matched / sum(want.values()))
+    parts.append(sum(min(n, colours_got[c]) for c, n in colours_want.items()) / sum(colours_want.values()))
+    parts.append(1 / (1 + sum(got.values()) - matched))
+    if exp.kind == "count":
+        (key, n), = want.items()
+        parts.append(max(0.0, 1 - abs(got[key] - n) / n))
+    if exp.kind == "relation":
+        parts.append(float(verdict.ok))  # with the objects right, the verdict is the relation's
+    return sum(parts) / len(parts)
 
 
 def paired_change(before: Sequence[bool], after: Sequence[bool]) -> dict:

@@ -48,6 +48,28 @@ def step_rate(args, run: Path) -> float:
     return 40 / (rows[60]["elapsed_s"] - rows[20]["elapsed_s"])
 
 
+@torch.no_grad()
+def heldout_loss(run: Path, shards: str) -> float:
+    """Mean cross-entropy (nats) of the visual tokens of held-out token shards (the same tokenizer's
+    `arimg pretokenize` of another seed), captions kept: comparable between runs on one tokenizer only."""
+    from arlm.config import TokenDataConfig
+    from arlm.transformer.data import Batches, token_info
+    from arlm.transformer.sample import load_model
+    from arlm.transformer.sequence import VISUAL_R
+
+    model, vocab, _ = load_model(run, "cpu")
+    data = TokenDataConfig(shards=shards, batch_size=50, caption_dropout=0.0)
+    batches = Batches(data, vocab, token_info(shards), model.cfg.max_seq_len, torch.device("cpu"))
+    ce = count = 0.0
+    for step in range(batches.steps_per_epoch):
+        for tokens, pos, region in batches.batch(step):
+            logits = model(tokens[:, :-1], pos[:, :-1]).float()
+            vis = region[:, 1:] == VISUAL_R
+            loss = torch.nn.functional.cross_entropy(logits[vis], tokens[:, 1:][vis], reduction="sum")
+            ce, count = ce + float(loss), count + int(vis.sum())
+    return ce / count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
@@ -55,6 +77,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600, help="seconds of training, start-up excluded")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
     ap.add_argument("--eval-only", default=None, help="judge this trained run instead of training one")
+    ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: report their loss")
     ap.add_argument("--per-kind", type=int, default=50, help="held-out prompts per kind")
     ap.add_argument("--n", type=int, default=2, help="images per prompt")
     ap.add_argument("--seeds", default="0", help="sampling seeds, comma-separated")
@@ -84,6 +107,8 @@ def main() -> None:
         ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
                                                   f"out={run}/eval-{args.name}",
                                                   *[f"sampling.{kv}" for kv in args.sampling]]))
+        if args.val_tokens:
+            row["heldout_visual_loss"] = heldout_loss(run, args.val_tokens)
         t0 = time.perf_counter()
         report = eval_generator(str(run), ev)
     except UserError as e:
@@ -91,6 +116,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     row.update(run=str(run), eval_s=round(time.perf_counter() - t0), settings=report["settings"],
                per_kind={k: v["accuracy"] for k, v in report["per_kind"].items()}, accuracy=report["accuracy"],
+               score={k: round(v["score"], 4) for k, v in report["per_kind"].items()},
                n=report["n"], words_exact=report["words_exact"]["accuracy"], diversity=report["diversity"],
                sheets=report["sheets"])
     line = json.dumps(row)

@@ -25,6 +25,7 @@ def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):
     for kind, row in report["per_kind"].items():
         assert row["n"] == 2 * 2 * 2, kind  # prompts x images x seeds
         assert row["accuracy"] == pytest.approx(row["spread"]["mean"])
+        assert row["accuracy"] <= row["score"] <= 1  # partial credit is at least the share accepted
     assert report["n"] == 4 * 8 and report["unparsed"] == 0 and report["prompts"] == 8
     assert [r["seed"] for r in report["per_seed"]] == [0, 1]
     assert report["accuracy"] == pytest.approx(sum(r["accuracy"] for r in report["per_seed"]) / 2)
@@ -33,6 +34,7 @@ def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):
     rows = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(rows) == report["n"]
     assert sum(r["ok"] for r in rows) == sum(v["correct"] for v in report["per_kind"].values())
+    assert all((r["score"] == 1) == r["ok"] for r in rows)
     assert all(Path(r["path"]).is_file() and Path(r["path"]).parent.parent == out for r in rows)
     assert {r["prompt"] for r in rows} == set(grammar_prompts(KINDS, 2, 1))
     for kind in KINDS:

@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 from arlm import synth
 from arlm.errors import UserError
-from arlm.judge import OUTSIDE, Expectation, JudgeConfig, judge, judge_many, paired_change, parse_caption, summarize
+from arlm.judge import (OUTSIDE, Expectation, JudgeConfig, judge, judge_many, paired_change, parse_caption, score,
+                        summarize)
 
 CFG = JudgeConfig()
 PER_KIND = 60
@@ -256,3 +257,33 @@ def test_paired_change_counts_and_sign_test():
     assert paired_change([True, False], [True, False])["p"] == 1.0  # nothing changed
     with pytest.raises(ValueError):
         paired_change([True], [True, False])
+
+
+def test_graded_score_is_one_exactly_when_accepted(fresh):
+    samples, verdicts = fresh
+    perm = np.random.default_rng(SEED + 1).permutation(len(samples))
+    shuffled = list(judge_many(((s.image, samples[j].caption) for s, j in zip(samples, perm)), CFG))
+    pairs = list(zip(verdicts, [s.caption for s in samples])) + list(zip(shuffled, [samples[j].caption for j in perm]))
+    assert any(not v.ok for v, _ in pairs) and any(v.ok for v, _ in pairs)
+    for v, caption in pairs:
+        assert (score(v, caption) == 1.0) == v.ok, (caption, v.reason)
+        assert 0 <= score(v, caption) <= 1
+    assert score(judge(samples[0].image, "a cat"), "a cat") == 0.0
+
+
+def test_graded_score_gives_partial_credit():
+    for seed in range(SEED, SEED + 40):
+        s = one("count", seed)
+        if len(s.record["objects"]) == 3:
+            break
+    c, sh = s.record["objects"][0]["color"], s.record["objects"][0]["shape"]
+    # two of three asked objects found, one extra: found 1, colour 1, extras 1/2, count 1 - 1/2
+    assert score(judge(s.image, f"two {c} {sh}s"), f"two {c} {sh}s") == pytest.approx((1 + 1 + 0.5 + 0.5) / 4)
+    t = one("text", SEED)
+    word, ink = t.record["word"], parse_caption(t.caption).text_color
+    other = next(c for c in synth.COLORS if c != ink)
+    wrong_colour = f'the word "{word}" in {other}'
+    assert score(judge(t.image, wrong_colour), wrong_colour) == 0.0  # neither the ink nor (so) the word
+    near = f'the word "{word[:-1]}{"Q" if word[-1] != "Q" else "X"}" in {ink}'
+    v = judge(t.image, near)
+    assert not v.ok and score(v, near) == pytest.approx((1 + 1 - 1 / len(word)) / 2)

@@ -7,8 +7,8 @@
 `eval_generator` draws a fixed, seeded set of held-out prompts of every kind from the synthetic grammar (the
 captions of `arimg data synth --seed prompt_seed`, one kind at a time; training sets use seed 0), or reads a
 prompts file, samples `n` images per prompt for each sampling seed at the sampling settings of `arimg
-sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread), the
-word exact-match rate, and diversity: the share of distinct token grids among one prompt's images and the
+sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread) and the
+judge's graded score (partial credit, `arlm.judge.score`), the word exact-match rate, and diversity: the share of distinct token grids among one prompt's images and the
 mean pixel distance between them. It writes every image, `verdicts.jsonl` and a contact sheet per kind.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arlm.judge import JudgeConfig, Verdict, judge_many, parse_caption, summarize
+from arlm.judge import JudgeConfig, Verdict, judge_many, parse_caption, score, summarize
 from arlm.transformer.model import Transformer
 from arlm.transformer.sample import Settings, image_seed, sample
 from arlm.transformer.sequence import Vocab
@@ -194,9 +194,11 @@ def eval_generator(ckpt: str, cfg) -> dict:
                 j.image.save(path)
                 v = j.verdict
                 details.write(json.dumps({"path": str(path), "prompt": p, "seed": seed, "kind": v.kind, "ok": v.ok,
-                                          "reason": v.reason}) + "\n")
+                                          "score": round(score(v, p), 4), "reason": v.reason}) + "\n")
             verdicts = [j.verdict for j in judged]
             summary = summarize(verdicts)
+            for kind, row in summary["per_kind"].items():
+                row["score"] = statistics.fmean(score(j.verdict, j.prompt) for j in judged if j.verdict.kind == kind)
             runs.append({"seed": seed, "summary": summary, "words": word_exact(verdicts, [j.prompt for j in judged]),
                          "diversity": diversity(judged)})
             bar.update(task, info=f"seed {seed}: {summary['accuracy']:.1%} ok")
@@ -218,7 +220,8 @@ def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, sheets, out) -
         accs = [r["summary"]["per_kind"][k]["accuracy"] for r in runs]
         per_kind[k] = {"n": sum(r["summary"]["per_kind"][k]["n"] for r in runs),
                        "correct": sum(r["summary"]["per_kind"][k]["correct"] for r in runs),
-                       "accuracy": statistics.fmean(accs), "spread": _spread(accs)}
+                       "accuracy": statistics.fmean(accs), "spread": _spread(accs),
+                       "score": statistics.fmean(r["summary"]["per_kind"][k]["score"] for r in runs)}
     overall = [r["summary"]["accuracy"] for r in runs]
     words = [r["words"]["accuracy"] for r in runs if r["words"]["accuracy"] is not None]
     distinct = [r["diversity"]["distinct_grids"] for r in runs if r["diversity"]["distinct_grids"] is not None]
