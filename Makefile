@@ -5,6 +5,9 @@ ARIMG := $(VENV)/bin/arimg
 DEMO ?= data/demo
 SYNTH ?= data/synth
 RUNS ?= runs
+DEMO_N ?= 40000
+# trainer.precision of the demo's training stages; PRECISION=fp32 times the demo as on a CPU without native bf16
+PRECISION ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow demo bench clean
@@ -28,28 +31,30 @@ test: install  ## the fast test set (under 10 minutes on 2 CPU cores)
 test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
 
-demo: install  ## synthetic set -> judge -> tokenizer (VQ-VAE, VQ-GAN) -> its evaluation -> token shards -> pretrain
+demo: install  ## synthetic set -> judge -> generation tokenizer -> token shards -> pretrain -> SFT -> eval generator
 	mkdir -p $(DEMO)
-	$(ARIMG) data synth --n 20000 --out $(SYNTH) --overwrite
+	$(ARIMG) data synth --n $(DEMO_N) --out $(SYNTH) --overwrite
 	$(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite
 	$(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
 	$(ARIMG) eval images $(SYNTH)-val > $(DEMO)/judge.json
-	$(ARIMG) train-tokenizer tokenizer=vqvae run_dir=$(RUNS)/tok-vqvae data.shards=$(SYNTH) overwrite=true
-	$(ARIMG) train-tokenizer tokenizer=vqgan trainer=tokenizer_gan init_from=$(RUNS)/tok-vqvae \
-		run_dir=$(RUNS)/tok-vqgan data.shards=$(SYNTH) overwrite=true
-	$(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-vqgan > $(DEMO)/tokenizer.json
-	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-vqgan --out $(SYNTH)-tok --overwrite > /dev/null
-	$(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok overwrite=true
-	$(PY) scripts/judge_pretrain.py $(RUNS)/pretrain --n 8 --sheet $(DEMO)/pretrain-samples.png > $(DEMO)/pretrain.json
-	$(ARIMG) sample --ckpt $(RUNS)/pretrain -p "a red circle" -p "a blue square on a white background" -p "" \
-		--n 8 --grid --out $(DEMO)/samples > $(DEMO)/samples.jsonl
-	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json $(DEMO)/pretrain.json
-	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-vqgan/images/;" \
-		"samples: $(DEMO)/pretrain-samples.png, $(DEMO)/samples/, $(RUNS)/pretrain/images/" >&2
+	$(ARIMG) train-tokenizer tokenizer=gen trainer=tokenizer_gen run_dir=$(RUNS)/tok-gen data.shards=$(SYNTH) overwrite=true \
+		trainer.precision=$(PRECISION)
+	$(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen > $(DEMO)/tokenizer.json
+	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-gen --out $(SYNTH)-tok --overwrite > /dev/null
+	$(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok overwrite=true trainer.precision=$(PRECISION)
+	$(ARIMG) sft init_from=$(RUNS)/pretrain run_dir=$(RUNS)/sft data.shards=$(SYNTH)-tok overwrite=true \
+		trainer.precision=$(PRECISION)
+	$(ARIMG) eval generator --ckpt $(RUNS)/sft 'seeds=[0,1,2]' out=$(DEMO)/generator > $(DEMO)/generator.json
+	$(ARIMG) sample --ckpt $(RUNS)/sft -p "a red circle" -p "two blue squares on a white background" \
+		-p "a green triangle left of a yellow circle" -p 'the word "CAT" in orange' --n 8 --grid \
+		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
+	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json $(DEMO)/generator.json
+	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-gen/images/;" \
+		"judged samples per kind: $(DEMO)/generator/sheet-*.png; samples: $(DEMO)/samples/" >&2
 
 bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
 	$(PY) -m pip install -q -e '.[bench]'
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
 
 clean:  ## remove the virtualenv and demo outputs
-	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-vqvae $(RUNS)/tok-vqgan $(RUNS)/pretrain
+	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/sft
