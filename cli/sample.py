@@ -34,6 +34,9 @@ def sample_cmd(
     grid: bool = typer.Option(False, "--grid", help="Also write one contact sheet per prompt."),
     prefix_image: Optional[str] = typer.Option(None, "--prefix-image", help="Complete this image: see --keep-rows."),
     keep_rows: int = typer.Option(0, "--keep-rows", help="Token rows of --prefix-image kept; the model writes the rest."),
+    rerank: int = typer.Option(1, "--rerank", help="Best of N: draw N candidates per image and keep the one the judge "
+                                                  "scores highest (synthetic grammar). A choice for people, not a "
+                                                  "measurement: never report it as the model's accuracy."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Sample images for prompts. One JSON line per image on stdout (prompt, index, seeds, settings, path);
@@ -51,7 +54,7 @@ def sample_cmd(
     settings = Settings(cfg=cfg, cfg_schedule=cfg_schedule, cfg_interval=(lo, hi), temperature=temperature,
                         top_k=top_k, top_p=top_p)
     request = Request(n=n, batch_size=batch_size, seed=seed, size=size, grid_sheet=grid, prefix_image=prefix_image,
-                      keep_rows=keep_rows)
+                      keep_rows=keep_rows, rerank=rerank)
     sampler = Sampler(ckpt, settings, request, device)
     stdin = prompt == ["-"]
     prompts = read_prompts(sys.stdin.buffer) if stdin else prompt

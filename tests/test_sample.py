@@ -161,3 +161,24 @@ def test_stdin_is_streamed_and_bad_lines_go_on(tiny_lm, tmp_path):
     assert [json.loads(ln)["prompt"] for ln in rest] == ["a blue square"]
     errors = [ln for ln in err.splitlines() if ln.startswith("arimg: error:")]
     assert "stdin line 2: not UTF-8" in errors[0] and "prompt 3" in errors[1] and "2 input(s) failed" in errors[2]
+
+
+def test_rerank_keeps_the_best_scored_candidate(run_cli, tiny_lm, tmp_path):
+    # one prompt: no batch holds padding, whose masked attention rounds differently from the unmasked one
+    args = ("sample", "--ckpt", tiny_lm, "-p", "two blue squares", "--n", "6", "--top-k", "8")
+    code, plain, err = run_cli(*args, "--out", tmp_path / "plain")
+    assert code == 0, err
+    code, ranked, err = run_cli(*args, "--out", tmp_path / "ranked", "--rerank", "4", "--batch-size", "5")
+    assert code == 0, err
+    plain = {(r["prompt"], r["index"]): r for r in map(json.loads, plain.splitlines())}
+    ranked = [json.loads(line) for line in ranked.splitlines()]
+    assert len(ranked) == 6
+    for r in ranked:
+        rr = r["rerank"]
+        assert rr["candidates"] == 4 and len(rr["scores"]) == 4
+        assert rr["score"] == max(rr["scores"]) == rr["scores"][rr["chosen"]]
+        assert rr["chosen"] == rr["scores"].index(max(rr["scores"]))  # the first of the best
+        same = open(r["path"], "rb").read() == open(plain[(r["prompt"], r["index"])]["path"], "rb").read()
+        assert same == (rr["chosen"] == 0)  # candidate 0 is the image drawn without reranking
+    code, _, err = run_cli(*args, "--out", tmp_path / "x", "--rerank", "0")
+    assert code == 2 and "--rerank" in err

@@ -46,16 +46,18 @@ class Judged:
 def sample_and_judge(model: Transformer, vocab: Vocab, prompts: Sequence[str], seeds: Sequence[int],
                      grid: tuple[int, int], settings: Settings, precision: str = "fp32", tokenizer=None,
                      judge_cfg: JudgeConfig | None = JudgeConfig(), batch_size: int = 16,
-                     advance: Callable[[int], None] | None = None) -> list[Judged]:
+                     advance: Callable[[int], None] | None = None, keep: torch.Tensor | None = None) -> list[Judged]:
     """Image i shows prompts[i], drawn from seeds[i]; batches of `batch_size`. With a tokenizer (arlm.tokenizer
     .codec.Loaded) the codes are decoded, and with `judge_cfg` the images judged; without, only the codes
-    come back (the processes of a sharded model that must sample together but do not write)."""
+    come back (the processes of a sharded model that must sample together but do not write). `keep` (k, w):
+    the first token rows of every image (image completion)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     out: list[Judged] = []
     for b in range(0, len(prompts), batch_size):
         ps, ss = list(prompts[b:b + batch_size]), list(seeds[b:b + batch_size])
-        codes = sample(model, vocab, ps, ss, *grid, settings, precision).cpu()
+        kept = None if keep is None else keep.unsqueeze(0).expand(len(ps), -1, -1)
+        codes = sample(model, vocab, ps, ss, *grid, settings, precision, kept).cpu()
         images = [None] * len(ps)
         if tokenizer is not None:
             images = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in tokenizer.decode(codes)]

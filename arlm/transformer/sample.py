@@ -247,6 +247,12 @@ class Request:
     grid_sheet: bool = False  # one contact sheet per prompt
     prefix_image: str | None = None  # image completion: keep the first keep_rows token rows of this image
     keep_rows: int = 0
+    rerank: int = 1  # > 1: draw this many candidates per image, keep the one the judge scores highest
+
+
+def candidate_seed(seed: int, prompt: str, index: int, j: int) -> int:
+    """The seed of reranking candidate j of image `index`; candidate 0 is the image drawn without reranking."""
+    return image_seed(seed, prompt, index) if j == 0 else zlib.crc32(f"{seed}\0{prompt}\0{index}\0{j}".encode())
 
 
 class Sampler:
@@ -262,8 +268,8 @@ class Sampler:
             settings.check()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if request.n < 1 or request.batch_size < 1:
-            raise ConfigError("--n and --batch-size must be at least 1")
+        if request.n < 1 or request.batch_size < 1 or request.rerank < 1:
+            raise ConfigError("--n, --batch-size and --rerank must be at least 1")
         self.model, self.vocab, _ = load_model(ckpt, device)
         self.device = next(self.model.parameters()).device
         self.precision = resolve_precision("auto", self.device)
@@ -342,20 +348,22 @@ class Sampler:
         pending: list[tuple[int, str, int]] = []  # (prompt number, prompt, image index)
         done: dict[int, list[dict]] = {}
 
+        R = req.rerank
+        take = max(1, req.batch_size // R)  # images per batch: with reranking each is R candidates
+
         def flush(limit: int) -> Iterator[dict]:
             while len(pending) >= limit and pending:
-                batch, pending[:] = pending[:req.batch_size], pending[req.batch_size:]
-                keep = None if self.keep is None else self.keep.unsqueeze(0).expand(len(batch), -1, -1)
+                batch, pending[:] = pending[:take], pending[take:]
                 t0 = time.perf_counter()
-                codes = sample(self.model, self.vocab, [p for _, p, _ in batch],
-                               [image_seed(req.seed, p, i) for _, p, i in batch], h, w, self.settings,
-                               self.precision, keep)
-                advance(len(batch), f"{len(batch) * h * w / (time.perf_counter() - t0):,.0f} tok/s")
-                for (k, p, i), img in zip(batch, self.tok.decode(codes.cpu())):
+                picks = self._draw(batch, R)
+                advance(len(batch), f"{len(batch) * R * h * w / (time.perf_counter() - t0):,.0f} tok/s")
+                for (k, p, i), (img, j, scores) in zip(batch, picks):
                     path = out / f"{k:05d}-{i:03d}.png"
-                    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
-                    rec = {"prompt": p, "index": i, "seed": req.seed, "image_seed": image_seed(req.seed, p, i),
+                    img.save(path)
+                    rec = {"prompt": p, "index": i, "seed": req.seed, "image_seed": candidate_seed(req.seed, p, i, j),
                            "settings": self.settings_json(), "path": str(path)}
+                    if R > 1:
+                        rec["rerank"] = {"candidates": R, "chosen": j, "score": scores[j], "scores": scores}
                     done.setdefault(k, []).append(rec)
                     if len(done[k]) == req.n:
                         yield from self._finish(k, done.pop(k), out)
@@ -372,6 +380,27 @@ class Sampler:
             pending.extend((k, prompt, i) for i in range(req.n))
             yield from flush(1 if eager else req.batch_size)
         yield from flush(1)
+
+    def _draw(self, batch: list[tuple[int, str, int]], R: int) -> list[tuple[Image.Image, int, list[float] | None]]:
+        """(image, chosen candidate, candidates' graded scores) per (prompt number, prompt, index): without
+        reranking the one image drawn; with it the first of the R candidates the judge scores highest."""
+        from arlm.judge import JudgeConfig, score
+        from arlm.transformer.evaluate import sample_and_judge
+
+        seed, h, w = self.request.seed, *self.grid
+        judged = sample_and_judge(self.model, self.vocab, [p for _, p, _ in batch for _ in range(R)],
+                                  [candidate_seed(seed, p, i, j) for _, p, i in batch for j in range(R)], (h, w),
+                                  self.settings, self.precision, self.tok, JudgeConfig() if R > 1 else None,
+                                  self.request.batch_size, keep=self.keep)
+        if R == 1:
+            return [(j.image, 0, None) for j in judged]
+        picks = []
+        for b in range(len(batch)):
+            group = judged[b * R:(b + 1) * R]
+            scores = [round(score(g.verdict, g.prompt), 4) for g in group]
+            best = max(range(R), key=scores.__getitem__)  # the first of the best
+            picks.append((group[best].image, best, scores))
+        return picks
 
     def _finish(self, k: int, records: list[dict], out: Path) -> Iterator[dict]:
         if self.request.grid_sheet:
