@@ -29,12 +29,12 @@ from omegaconf import OmegaConf
 from arlm import checkpoint
 from arlm.config import TrainTransformerConfig, to_yaml
 from arlm.errors import ConfigError, UserError
+from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer import parallel
 from arlm.transformer.data import Batches, token_info
 from arlm.transformer.model import Transformer
-from arlm.judge import summarize
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
 from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R, LayoutError, Vocab
