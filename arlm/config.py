@@ -232,8 +232,9 @@ class EvalImagesConfig:
 
 
 # command name -> root schema; conf/<name>.yaml is its root config
-ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig, "train_tokenizer": TrainTokenizerConfig,
-                          "pretrain": TrainTransformerConfig, "sft": TrainTransformerConfig}
+ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig,
+                          "train_tokenizer": TrainTokenizerConfig, "pretrain": TrainTransformerConfig,
+                          "sft": TrainTransformerConfig}
 # the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 

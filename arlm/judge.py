@@ -440,7 +440,7 @@ def score(verdict: Verdict, caption: str) -> float:
     not); text: the ink colour, and the word's similarity 1 - edit distance / length of the longer; objects:
     each asked (colour, shape) found (the share of asked objects present), the asked colours present
     whatever their shape, nothing extra (1 / (1 + extra objects)), for a count 1 - |found - asked| / asked,
-    for a relation whether it holds. The graded reward of preference data and of `--rerank`."""
+    for a relation whether it holds. `arimg eval generator` reports it; `arimg sample --rerank` ranks by it."""
     exp = parse_caption(caption)
     if exp is None or verdict.kind is None:
         return 0.0
