@@ -56,6 +56,7 @@ def heldout_loss(run: Path, shards: str) -> float:
     from arlm.transformer.data import Batches, token_info
     from arlm.transformer.sample import load_model
     from arlm.transformer.sequence import VISUAL_R
+    from arlm.transformer.train import token_loss
 
     model, vocab, _ = load_model(run, "cpu")
     data = TokenDataConfig(shards=shards, batch_size=50, caption_dropout=0.0)
@@ -63,10 +64,9 @@ def heldout_loss(run: Path, shards: str) -> float:
     ce = count = 0.0
     for step in range(batches.steps_per_epoch):
         for tokens, pos, region in batches.batch(step):
-            logits = model(tokens[:, :-1], pos[:, :-1]).float()
-            vis = region[:, 1:] == VISUAL_R
-            loss = torch.nn.functional.cross_entropy(logits[vis], tokens[:, 1:][vis], reduction="sum")
-            ce, count = ce + float(loss), count + int(vis.sum())
+            vis = (region[:, 1:] == VISUAL_R).float()
+            _, stats = token_loss(model(tokens[:, :-1], pos[:, :-1]), tokens[:, 1:], vis, region[:, 1:], 0.0)
+            ce, count = ce + float(stats[2]), count + float(stats[3])
     return ce / count
 
 

@@ -7,9 +7,9 @@
 `eval_generator` draws a fixed, seeded set of held-out prompts of every kind from the synthetic grammar (the
 captions of `arimg data synth --seed prompt_seed`, one kind at a time; training sets use seed 0), or reads a
 prompts file, samples `n` images per prompt for each sampling seed at the sampling settings of `arimg
-sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread) and the
-judge's graded score (partial credit, `arlm.judge.score`), the word exact-match rate, and diversity: the share of distinct token grids among one prompt's images and the
-mean pixel distance between them. It writes every image, `verdicts.jsonl` and a contact sheet per kind.
+sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread) and
+the judge's graded score (partial credit, `arlm.judge.score`), the word exact-match rate, and diversity: the
+share of distinct token grids among one prompt's images and the mean pixel distance between them. It writes every image, `verdicts.jsonl` and a contact sheet per kind.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def word_exact(verdicts: Sequence[Verdict], prompts: Sequence[str]) -> dict:
 
 def _spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-            "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+            "std": statistics.pstdev(values)}
 
 
 def eval_generator(ckpt: str, cfg) -> dict:
@@ -180,6 +180,7 @@ def eval_generator(ckpt: str, cfg) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = image_jobs(parsed, cfg.n)
+    index = {p: k for k, p in enumerate(dict.fromkeys(parsed))}  # file names by prompt number
     runs, records = [], []
     with progress() as bar, (out / "verdicts.jsonl").open("w") as details:
         task = bar.add_task("eval generator", total=len(jobs) * len(cfg.seeds), info="")
@@ -190,25 +191,27 @@ def eval_generator(ckpt: str, cfg) -> dict:
                                       lambda k: bar.update(task, advance=k))
             folder = out / f"seed-{seed}"
             folder.mkdir(exist_ok=True)
-            index = {p: k for k, p in enumerate(dict.fromkeys(parsed))}
-            for (p, i), j in zip(jobs, judged):
+            scores = [score(j.verdict, j.prompt) for j in judged]
+            for (p, i), j, sc in zip(jobs, judged, scores):
                 path = folder / f"{index[p]:05d}-{i:03d}.png"
                 j.image.save(path)
                 v = j.verdict
                 details.write(json.dumps({"path": str(path), "prompt": p, "seed": seed, "kind": v.kind, "ok": v.ok,
-                                          "score": round(score(v, p), 4), "reason": v.reason}) + "\n")
+                                          "score": round(sc, 4), "reason": v.reason}) + "\n")
             verdicts = [j.verdict for j in judged]
             summary = summarize(verdicts)
             for kind, row in summary["per_kind"].items():
-                row["score"] = statistics.fmean(score(j.verdict, j.prompt) for j in judged if j.verdict.kind == kind)
+                row["score"] = statistics.fmean(sc for j, sc in zip(judged, scores) if j.verdict.kind == kind)
             runs.append({"seed": seed, "summary": summary, "words": word_exact(verdicts, [j.prompt for j in judged]),
                          "diversity": diversity(judged)})
             bar.update(task, info=f"seed {seed}: {summary['accuracy']:.1%} ok")
             if seed == cfg.seeds[0]:
                 records = judged
     sheets = {}
-    for kind in [k for k in KINDS if any(parse_caption(j.prompt).kind == k for j in records)]:
-        mine = [j for j in records if parse_caption(j.prompt).kind == kind][:cfg.sheet_per_kind]
+    for kind in KINDS:
+        mine = [j for j in records if j.verdict.kind == kind][:cfg.sheet_per_kind]
+        if not mine:
+            continue
         labels, marks = verdict_labels(mine)
         sheets[kind] = str(out / f"sheet-{kind}.png")
         contact_sheet([j.image for j in mine], labels, cols=cfg.n * max(1, 8 // cfg.n), marks=marks).save(sheets[kind])
