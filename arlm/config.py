@@ -150,6 +150,7 @@ class TokenDataConfig:
     mode: str = "memory"  # memory: one tensor on the training device | stream: read shards as training goes
     batch_size: int = 32  # global: sequences per optimizer step over all processes and micro-batches
     caption_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
+    words: int = 0  # a new model's word pieces: the most frequent lowercase words of the captions, one id each (0: bytes)
     kinds: Optional[list[str]] = None  # keep only samples whose record has one of these kinds (SFT filter)
     caption_regex: Optional[str] = None  # keep only samples whose caption matches (SFT filter)
     shuffle_buffer: int = 2000  # stream mode: samples held for shuffling

@@ -17,8 +17,8 @@ from arlm.judge import parse_caption
 from arlm.config import ModelConfig, TokenDataConfig, compose, to_object
 from arlm.transformer.data import Batches, token_info
 from arlm.transformer.model import KVCache, Transformer
-from arlm.transformer.sample import generate
-from arlm.transformer.sequence import PAD_R, TEXT_R, VISUAL_R, Vocab, positions
+from arlm.transformer.sample import generate, load_model
+from arlm.transformer.sequence import PAD_R, TEXT_R, VISUAL_R, Vocab, positions, top_words
 from arlm.transformer.train import read_vocab, train
 
 SFT_TINY = ["trainer=tiny", "trainer.compile=false", "data.batch_size=8", "sample.n=1", "sample.prompts=[a red circle]"]
@@ -50,6 +50,39 @@ def test_sequence_round_trip(caption, h, w):
     assert back_caption == caption and torch.equal(back_grid, grid)
     assert vocab.sequence(back_caption, back_grid) == seq
     assert max(seq) < vocab.size <= vocab.padded_size and vocab.padded_size % 64 == 0
+
+
+@pytest.mark.parametrize("caption", ["a red circle left of an orange square on a gray background",
+                                     'the word "CAT" in red', "A redundant ünïcødé  caption\n", ""])
+def test_word_pieces_are_lossless_and_spell_what_they_do_not_know(caption):
+    words = top_words(["a red circle", "an orange square", "two red squares", 'the word "CAT" in red'] * 2, 64)
+    assert " red" in words and "CAT" not in " ".join(words) and words == tuple(sorted(set(words), key=words.index))
+    vocab = Vocab(codebook_size=50, words=words)
+    ids = vocab.encode_text(caption)
+    assert vocab.decode_text(ids) == caption
+    assert len(ids) <= len(caption.encode())
+    grid = torch.randint(0, 50, (3, 2))
+    assert vocab.parse(vocab.sequence(caption, grid))[0] == caption
+    assert Vocab.from_json(vocab.to_json()) == vocab and not vocab.compatible(Vocab(codebook_size=50))
+    if caption.startswith("the word"):  # the word to draw stays letters: one byte id per capital
+        assert [i for i in ids if i < 256 and chr(i).isupper()] == [ord(c) for c in "CAT"]
+    assert max(ids, default=0) < vocab.size <= vocab.padded_size
+
+
+def test_a_word_vocabulary_trains_and_its_batches_are_its_sequences(tmp_path, token_dir):
+    run = train(cfg_of("pretrain", token_dir, tmp_path / "w", "data.words=16", "trainer.image_every=100"))
+    vocab = read_vocab(checkpoint.resolve(run, "transformer"))
+    assert len(vocab.words) == 16 and {" red", " circle"} & set(vocab.words)
+    info = token_info(str(token_dir))
+    cfg = TokenDataConfig(shards=str(token_dir), batch_size=8, caption_dropout=0.0)
+    memory = Batches(cfg, vocab, info, 192, torch.device("cpu")).batch(0)[0][0]
+    bytes_only = Batches(cfg, Vocab(info.codebook_size), info, 192, torch.device("cpu")).batch(0)[0][0]
+    assert memory.shape[1] < bytes_only.shape[1]  # shorter sequences
+    for a, b in zip(memory.tolist(), bytes_only.tolist()):
+        (ca, ga), (cb, gb) = vocab.parse(a), Vocab(info.codebook_size).parse(b)
+        assert ca == cb and torch.equal(ga, gb) and a[:len(vocab.sequence(ca, ga))] == vocab.sequence(ca, ga)
+    model, _, _ = load_model(run, "cpu")
+    assert tuple(generate(model, vocab, "two red circles", *info.grid, n=2).shape) == (2, *info.grid)
 
 
 def test_parse_refuses_what_is_not_a_sequence():

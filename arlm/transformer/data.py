@@ -1,7 +1,7 @@
 """Token data for the transformer stages: `arimg pretokenize` shards to batches of whole sequences.
 
 memory mode (default): every sample is read once into three contiguous tensors on the training device,
-captions (N, L) bytes, their lengths (N,) and visual codes (N, h*w), and each step gathers its batch there
+captions (N, L) text ids, their lengths (N,) and visual codes (N, h*w), and each step gathers its batch there
 by index (`Vocab.build`): no per-sample Python and no host-to-device copy in the hot loop. The batch of
 step s is a pure function of (seed, s): a permutation per epoch, the step's slice of it, a caption-dropout
 draw per step. So resuming needs nothing but the step, and under torchrun rank r takes its own contiguous
@@ -18,6 +18,7 @@ those a filter (`data.kinds`, `data.caption_regex`, for SFT) leaves out.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import re
@@ -32,9 +33,10 @@ import torch
 from arlm.config import TokenDataConfig
 from arlm.data.shards import SkipCounter, expand, raw_samples
 from arlm.errors import ConfigError, UserError
-from arlm.transformer.sequence import LayoutError, Vocab
+from arlm.transformer.sequence import LayoutError, Vocab, top_words
 
 MAX_TEXT = 1024  # bytes of a caption kept in memory; longer ones are refused by the context check anyway
+WORD_SCAN = 20_000  # captions counted for a word list
 
 
 def _seed(*parts) -> int:
@@ -107,8 +109,26 @@ def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipC
         yield text[:MAX_TEXT], codes
 
 
+def _pad(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text ids right-padded to (N, width) int32, and their lengths (N,)."""
+    text = np.zeros((len(ids), width), dtype=np.int32)
+    for i, t in enumerate(ids):
+        text[i, :len(t)] = t
+    return torch.from_numpy(text), torch.tensor([len(t) for t in ids])
+
+
+def caption_words(cfg: TokenDataConfig, info: TokenInfo) -> tuple[str, ...]:
+    """The word list of a new vocabulary (`data.words` pieces, arlm.transformer.sequence): counted over the
+    first WORD_SCAN usable captions of the data, in shard order, so every process finds the same list."""
+    if cfg.words <= 0:
+        return ()
+    skips = SkipCounter()
+    captions = (t.decode("utf-8") for t, _ in samples(expand(cfg.shards), cfg, info, skips))
+    return top_words(itertools.islice(captions, WORD_SCAN), cfg.words)
+
+
 def check_fits(vocab: Vocab, grid: tuple[int, int], text_len: int, max_seq_len: int) -> int:
-    """The batch sequence length for captions up to `text_len` bytes; LayoutError when it cannot fit."""
+    """The batch sequence length for captions up to `text_len` text ids; LayoutError when it cannot fit."""
     try:
         vocab.check_grid(*grid)
     except ValueError as e:
@@ -116,7 +136,7 @@ def check_fits(vocab: Vocab, grid: tuple[int, int], text_len: int, max_seq_len: 
     need = vocab.seq_len(text_len, *grid)
     if need > max_seq_len:
         raise LayoutError(f"sequences of this data set need {need} tokens ({grid[0]}x{grid[1]} grid, captions up to "
-                          f"{text_len} bytes) but model.max_seq_len is {max_seq_len}")
+                          f"{text_len} text tokens) but model.max_seq_len is {max_seq_len}")
     return need
 
 
@@ -159,16 +179,16 @@ class Batches:
             raise UserError(f"{len(texts)} usable samples in {self.cfg.shards}, fewer than data.batch_size "
                             f"{self.cfg.batch_size}")
         self.n = len(texts)
-        self.text_len = max(len(t) for t in texts)
-        text = np.zeros((self.n, self.text_len), dtype=np.uint8)
-        for i, t in enumerate(texts):
-            text[i, :len(t)] = np.frombuffer(t, dtype=np.uint8)
-        self.text = torch.from_numpy(text).to(self.device)  # (N, L)
-        self.lengths = torch.tensor([len(t) for t in texts], device=self.device)  # (N,)
+        ids = [self._encode(t) for t in texts]
+        self.text_len = max(len(t) for t in ids)
+        self.text, self.lengths = (t.to(self.device) for t in _pad(ids, self.text_len))  # (N, L), (N,)
         self.codes = torch.from_numpy(np.stack(codes)).to(self.device)  # (N, h*w), int16
         self.steps_per_epoch = self.n // self.cfg.batch_size
 
     # --- what every mode shares -------------------------------------------------------------------------
+    def _encode(self, caption: bytes) -> list[int]:
+        return self.vocab.encode_text(caption.decode("utf-8")) if self.vocab.words else list(caption)
+
     def _dropout(self, step: int) -> torch.Tensor:
         """(local,) True where this rank's captions are dropped at `step`: one draw for the global batch."""
         g = torch.Generator().manual_seed(_seed("dropout", self.cfg.seed, step))
@@ -225,13 +245,9 @@ class Batches:
                 next(self._stream)
         self._stream_step = step
         rows = [next(self._stream) for _ in range(self.local)]
-        too_long = max(len(t) for t, _ in rows) > self.text_len
-        if too_long:
-            raise LayoutError(f"a caption of {max(len(t) for t, _ in rows)} bytes does not fit model.max_seq_len")
-        text = np.zeros((self.local, self.text_len), dtype=np.uint8)
-        for i, (t, _) in enumerate(rows):
-            text[i, :len(t)] = np.frombuffer(t, dtype=np.uint8)
-        lengths = torch.tensor([len(t) for t, _ in rows])
+        ids = [self._encode(t) for t, _ in rows]
+        if max(map(len, ids)) > self.text_len:
+            raise LayoutError(f"a caption of {max(map(len, ids))} text tokens does not fit model.max_seq_len")
+        text, lengths = _pad(ids, self.text_len)
         codes = torch.from_numpy(np.stack([c.reshape(-1) for _, c in rows]))
-        return self._micro(torch.from_numpy(text).to(self.device), lengths.to(self.device),
-                           codes.to(self.device), step)
+        return self._micro(text.to(self.device), lengths.to(self.device), codes.to(self.device), step)

@@ -2,10 +2,18 @@
 
     [BOS] text [SOV] h w [SOT] v(0,0) v(0,1) ... v(h-1,w-1) [EOV] [EOS] [PAD] ...
 
-Ids, in order: the 256 UTF-8 byte values (the text tokenizer: byte-level, so any UTF-8 caption has ids and
-none is ever out of vocabulary), the specials below, `max_grid` grid-size ids (the `meta` tokens h and w,
-so a non-square grid is representable and a sampler knows where rows end), then the tokenizer's `K`
-visual ids. The table is padded to a multiple of 64 for matmul speed; padding ids are never targets.
+Ids, in order: the 256 UTF-8 byte values (the text tokenizer's base: any UTF-8 caption has ids and none is
+ever out of vocabulary), the specials below, `max_grid` grid-size ids (the `meta` tokens h and w, so a
+non-square grid is representable and a sampler knows where rows end), the tokenizer's `K` visual ids,
+then the vocabulary's word pieces, if it has any. The table is padded to a multiple of 64 for matmul
+speed; padding ids are never targets.
+
+Word pieces: a caption is cut into lowercase words, each with its leading space (` red`, ` circle`), and
+single characters. A piece in the vocabulary's word list is one id, anything else its UTF-8 bytes, so
+encoding stays lossless and open. The list holds the most frequent lowercase words of the training
+captions (`top_words`): a small model reads `a red circle` as 3 ids instead of 12 bytes, and sequences get
+shorter, while capitals, digits and punctuation stay bytes: the word a text prompt asks to draw
+(`the word "CAT"`) is always spelled out letter by letter.
 
 Sequences are right-padded with PAD: under a causal mask no real token ever sees a pad, so training needs
 no attention mask, and pads are simply not targets. A caption dropped for classifier-free guidance is the
@@ -17,7 +25,11 @@ Shapes: B batch, T sequence, L text bytes, h x w the visual grid (n = h*w).
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import torch
 
@@ -31,6 +43,22 @@ SUFFIX = 2  # EOV, EOS
 # what a position holds, for loss weights: the target at position t is the token at t
 PAD_R, TEXT_R, VISUAL_R, END_R = 0, 1, 2, 3  # TEXT_R covers BOS, text and the layout tokens SOV h w SOT
 
+PIECE = re.compile(r" ?[a-z]+|.", re.DOTALL)  # a lowercase word with its leading space, or one character
+WORD = re.compile(r" ?[a-z]+")
+
+
+def pieces(text: str) -> list[str]:
+    """The pieces a caption is cut into; joined, they give the caption back."""
+    return PIECE.findall(text)
+
+
+def top_words(captions: Iterable[str], n: int, min_count: int = 2) -> tuple[str, ...]:
+    """The `n` most frequent word pieces (seen at least `min_count` times) of `captions`, as a word list:
+    most frequent first, ties in alphabetical order, so the same captions always give the same ids."""
+    counts = Counter(p for c in captions for p in pieces(c) if WORD.fullmatch(p))
+    ranked = sorted((p for p, k in counts.items() if k >= min_count), key=lambda p: (-counts[p], p))
+    return tuple(ranked[:n])
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -41,6 +69,7 @@ class Vocab:
     max_grid: int = 64  # largest grid side a `meta` token can say
     text: str = "utf8-bytes"
     grid: tuple[int, int] | None = None  # the grid the model was trained on: the sampler's default
+    words: tuple[str, ...] = ()  # word pieces that are one id each (see the module docstring); () = bytes only
 
     pad = N_BYTES + SPECIALS.index("PAD")
     bos = N_BYTES + SPECIALS.index("BOS")
@@ -55,9 +84,16 @@ class Vocab:
         return self.size0 + self.max_grid
 
     @property
+    def word0(self) -> int:
+        return self.visual0 + self.codebook_size
+
+    @property
     def size(self) -> int:
         """Ids in use."""
-        return self.visual0 + self.codebook_size
+        return self.word0 + len(self.words)
+
+    def is_text(self, i: int) -> bool:
+        return 0 <= i < N_BYTES or self.word0 <= i < self.size
 
     @property
     def padded_size(self) -> int:
@@ -72,18 +108,38 @@ class Vocab:
         if not isinstance(raw, dict) or raw.get("text") != "utf8-bytes":
             raise ValueError("not an arimg vocabulary")
         grid = tuple(raw["grid"]) if raw.get("grid") else None
-        return cls(**{k: raw[k] for k in ("codebook_size", "tokenizer", "max_grid", "text")}, grid=grid)
+        words = raw.get("words", [])
+        if not isinstance(words, list) or not all(isinstance(w, str) and WORD.fullmatch(w) for w in words):
+            raise ValueError("words must be a list of word pieces")
+        return cls(**{k: raw[k] for k in ("codebook_size", "tokenizer", "max_grid", "text")}, grid=grid,
+                   words=tuple(words))
 
     def compatible(self, other: "Vocab") -> bool:
         """Same ids for the same things (the tokenizer path may differ, its codebook may not)."""
-        return (self.codebook_size, self.max_grid, self.text) == (other.codebook_size, other.max_grid, other.text)
+        return ((self.codebook_size, self.max_grid, self.text, tuple(self.words))
+                == (other.codebook_size, other.max_grid, other.text, tuple(other.words)))
 
     # --- text -------------------------------------------------------------------------------------------
+    @cached_property
+    def _word_ids(self) -> dict[str, int]:
+        return {w: self.word0 + j for j, w in enumerate(self.words)}
+
     def encode_text(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        if not self.words:
+            return list(text.encode("utf-8"))
+        ids, table = [], self._word_ids
+        for p in pieces(text):
+            if p in table:
+                ids.append(table[p])
+            else:
+                ids.extend(p.encode("utf-8"))
+        return ids
 
     def decode_text(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
+        out = bytearray()
+        for i in ids:
+            out.extend(bytes([i]) if i < N_BYTES else self.words[i - self.word0].encode("utf-8"))
+        return out.decode("utf-8", errors="replace")
 
     def seq_len(self, text_len: int, h: int, w: int) -> int:
         return text_len + PREFIX_EXTRA + h * w + SUFFIX
@@ -114,7 +170,7 @@ class Vocab:
             raise ValueError("not a [BOS] text [SOV] ... sequence")
         s = toks.index(self.sov)
         text = toks[1:s]
-        if any(not 0 <= t < N_BYTES for t in text):
+        if not all(self.is_text(t) for t in text):
             raise ValueError("non-text id inside the caption")
         h, w = toks[s + 1] - self.size0 + 1, toks[s + 2] - self.size0 + 1
         self.check_grid(h, w)

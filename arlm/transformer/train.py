@@ -33,7 +33,7 @@ from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer import parallel
-from arlm.transformer.data import Batches, token_info
+from arlm.transformer.data import Batches, caption_words, token_info
 from arlm.transformer.model import Transformer
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
@@ -132,13 +132,15 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
     resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
     saved_vocab = _setup_model_config(cfg, resume_from or init)
     info = token_info(cfg.data.shards)
-    vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid))
-    if saved_vocab is not None:
+    if saved_vocab is None:
+        vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=caption_words(cfg.data, info))
+    else:  # a checkpoint's model keeps its ids, the word list included
+        vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=saved_vocab.words)
         if not saved_vocab.compatible(vocab):
             raise LayoutError(f"the data's vocabulary (codebook {vocab.codebook_size}) is not the checkpoint's "
                               f"(codebook {saved_vocab.codebook_size}, grid up to {saved_vocab.max_grid})")
         vocab = Vocab(vocab.codebook_size, vocab.tokenizer or saved_vocab.tokenizer, saved_vocab.max_grid,
-                      grid=vocab.grid)
+                      grid=vocab.grid, words=saved_vocab.words)
     for prompt in cfg.sample.prompts:
         check_prompt(vocab, prompt, *info.grid, cfg.model.max_seq_len)
 
