@@ -36,7 +36,8 @@ from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.transformer.model import Transformer, ffn_hidden
 from arlm.transformer.sequence import VISUAL_R, Vocab
-from arlm.transformer.train import param_groups, token_loss
+from arlm.transformer.objectives import token_loss
+from arlm.transformer.train import param_groups
 from arlm.training import autocast, resolve_device
 
 

@@ -24,7 +24,8 @@ from arlm.log import log, setup_logging
 from arlm.perf import resolve_precision
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.transformer.evaluate import image_jobs, sample_and_judge
-from arlm.transformer.sample import Settings, image_seed, load_model
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import Settings, image_seed
 from arlm.viz import line_plot
 
 

@@ -109,7 +109,7 @@ def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipC
         yield text[:MAX_TEXT], codes
 
 
-def _pad(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_text(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Text ids right-padded to (N, width) int32, and their lengths (N,)."""
     text = np.zeros((len(ids), width), dtype=np.int32)
     for i, t in enumerate(ids):
@@ -181,7 +181,7 @@ class Batches:
         self.n = len(texts)
         ids = [self._encode(t) for t in texts]
         self.text_len = max(len(t) for t in ids)
-        self.text, self.lengths = (t.to(self.device) for t in _pad(ids, self.text_len))  # (N, L), (N,)
+        self.text, self.lengths = (t.to(self.device) for t in pad_text(ids, self.text_len))  # (N, L), (N,)
         self.codes = torch.from_numpy(np.stack(codes)).to(self.device)  # (N, h*w), int16
         self.steps_per_epoch = self.n // self.cfg.batch_size
 
@@ -205,13 +205,22 @@ class Batches:
         """This rank's micro-batches of global step `step` (steps are drawn in order in stream mode)."""
         if self.cfg.mode == "stream":
             return self._stream_batch(step)
+        idx = self._indices(step)
+        return self._micro(self.text[idx], self.lengths[idx], self.codes[idx], step)
+
+    def _indices(self, step: int) -> torch.Tensor:
+        """(local,) memory mode: the samples of this rank's part of global step `step`."""
         epoch, k = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(_seed("epoch", self.cfg.seed, epoch))
             self._perm = (epoch, torch.randperm(self.n, generator=g).to(self.device))
         start = k * self.cfg.batch_size + self.rank * self.local
-        idx = self._perm[1][start:start + self.local]  # (local,)
-        return self._micro(self.text[idx], self.lengths[idx], self.codes[idx], step)
+        return self._perm[1][start:start + self.local]
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one global step (pads included: they cost compute too)."""
+        return self.cfg.batch_size * self.seq_len
 
     # --- stream mode ----------------------------------------------------------------------------------
     def _stream_samples(self) -> Iterator[tuple[bytes, np.ndarray]]:
@@ -248,6 +257,6 @@ class Batches:
         ids = [self._encode(t) for t, _ in rows]
         if max(map(len, ids)) > self.text_len:
             raise LayoutError(f"a caption of {max(map(len, ids))} text tokens does not fit model.max_seq_len")
-        text, lengths = _pad(ids, self.text_len)
+        text, lengths = pad_text(ids, self.text_len)
         codes = torch.from_numpy(np.stack([c.reshape(-1) for _, c in rows]))
         return self._micro(text.to(self.device), lengths.to(self.device), codes.to(self.device), step)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from arlm.perf import DTYPES
+from arlm.transformer.ckpt import load_model
 from arlm.transformer.model import KVCache, Transformer
 from arlm.transformer.sequence import LayoutError, Vocab, positions
 from arlm.training import autocast
@@ -208,25 +209,6 @@ def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: i
     from seed * 1000 + i."""
     return sample(model, vocab, [prompt] * n, [seed * 1000 + i for i in range(n)], h, w,
                   Settings(temperature=temperature, top_k=top_k), precision)
-
-
-def load_model(path, device: str = "auto", ema: bool = True):
-    """(model in eval mode, vocab, run config) of a transformer run or checkpoint directory; the EMA
-    weights when the run kept them."""
-    from arlm import checkpoint
-    from arlm.config import TrainTransformerConfig
-    from arlm.training import resolve_device
-    from arlm.transformer.train import KIND, read_vocab
-
-    ckpt = checkpoint.resolve(path, KIND)
-    cfg = checkpoint.load_config(ckpt, TrainTransformerConfig)
-    vocab = read_vocab(ckpt)
-    model = Transformer(cfg.model, vocab.padded_size)
-    weights = checkpoint.load_weights(ckpt, "model")
-    if ema and (ckpt / "ema.safetensors").is_file():
-        weights = {**weights, **checkpoint.load_weights(ckpt, "ema")}
-    checkpoint.load_into(model, weights, ckpt)
-    return model.to(resolve_device(device)).eval(), vocab, cfg
 
 
 # --------------------------------------------------------------------------------------------------------

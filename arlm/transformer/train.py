@@ -5,6 +5,9 @@ sft: starts from a pretrain checkpoint (its model config and weights), loss on t
 (`loss.visual_only`), on a curated set or a filter of one (`data.kinds`, `data.caption_regex`), with its own
 schedule (`trainer=sft`).
 
+A stage is its batches and its objective (arlm.transformer.objectives, `_stage_parts`); everything else,
+set-up and loop, is shared.
+
 The loop: AdamW (no decay on norms and embeddings), warmup + cosine, gradient accumulation, clipping,
 autocast (bf16 where it is fast, arlm.perf), optional torch.compile and weight EMA; parallelism is applied
 from outside (arlm.transformer.parallel). Every `log_every` steps a metrics row (loss, visual loss, lr,
@@ -33,50 +36,18 @@ from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer import parallel
+from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
 from arlm.transformer.data import Batches, caption_words, token_info
 from arlm.transformer.model import Transformer
+from arlm.transformer.objectives import NextToken, token_loss  # noqa: F401  (token_loss: the scripts' import)
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
-from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R, LayoutError, Vocab
+from arlm.transformer.sequence import LayoutError, Vocab
 from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device, rng_state, run_info, seed_all,
                            set_lr, set_rng_state, autocast)
 from arlm.viz import contact_sheet, line_plot
 
-KIND = "transformer"
-VOCAB_FILE = "vocab.json"
-
-
-def read_vocab(ckpt: Path) -> Vocab:
-    try:
-        return Vocab.from_json((ckpt / VOCAB_FILE).read_text())
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: {VOCAB_FILE}: {e}") from None
-
-
-def region_weights(cfg: TrainTransformerConfig, device: torch.device) -> torch.Tensor:
-    """Loss weight of a target by its region (PAD, TEXT, VISUAL, END)."""
-    w = torch.zeros(4, device=device)
-    w[VISUAL_R] = 1.0
-    if not cfg.loss.visual_only:
-        w[TEXT_R], w[END_R] = cfg.loss.text_weight, 1.0
-    w[PAD_R] = 0.0
-    return w
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, region: torch.Tensor,
-               z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(objective sum, stats) in fp32: sum of weighted cross-entropy (+ z-loss), and the detached sums
-    [weighted ce, weight, visual ce, visual count]. One logsumexp serves both the cross-entropy and the z-loss."""
-    logits = logits.float()
-    lse = logits.logsumexp(-1)  # (B, T)
-    ce = lse - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    obj = (ce * weights).sum()
-    if z_loss > 0:
-        obj = obj + z_loss * (lse.pow(2) * (weights > 0)).sum()
-    vis = region == VISUAL_R
-    stats = torch.stack([(ce * weights).sum(), weights.sum(), (ce * vis).sum(), vis.sum()]).detach()
-    return obj, stats
-
+STAGES = ("pretrain", "sft")
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay on matmul weights only: norms, biases and embeddings (the tied head included) keep theirs."""
@@ -103,11 +74,17 @@ def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab
     return read_vocab(ckpt)
 
 
+def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, device: torch.device, rank: int, world: int):
+    """(batches, objective) of the stage."""
+    args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
+    return Batches(cfg.data, *args), NextToken(cfg, device)
+
+
 def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
     """Train the transformer for one stage; returns the run directory."""
     tc = cfg.trainer
-    if cfg.stage not in ("pretrain", "sft"):
-        raise ConfigError(f"stage must be pretrain or sft, got {cfg.stage!r}")
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
     if tc.grad_accum < 1:
         raise ConfigError("trainer.grad_accum must be at least 1")
     rank, world, device = parallel.init(resolve_device(tc.device))
@@ -151,7 +128,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         checkpoint.load_into(model, checkpoint.load_weights(source, "model"), source)
         log.info("weights from %s", source)
     model.to(device)
-    batches = Batches(cfg.data, vocab, info, cfg.model.max_seq_len, device, rank, world, tc.grad_accum)
+    batches, objective = _stage_parts(cfg, vocab, info, device, rank, world)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     if ema and resume_from is not None:
         ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
@@ -180,7 +157,6 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
                                                   "params": model.num_params()}, indent=1))
         (run / VOCAB_FILE).write_text(vocab.to_json())
     metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
-    weights_of = region_weights(cfg, device)
     flops_tok = model.flops_per_token(batches.seq_len)
     peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
     log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
@@ -198,7 +174,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
             log.info("checkpoint %s", path)
         parallel.barrier()
 
-    sums = torch.zeros(4, device=device)  # [weighted ce, weight, visual ce, visual count] since the last log
+    sums = torch.zeros(objective.n_stats, device=device)  # the objective's statistics since the last log
     t0, tokens_seen = time.perf_counter(), 0
     with progress() if rank == 0 else contextlib.nullcontext() as bar:
         task = bar.add_task(cfg.stage, total=tc.max_steps, completed=step, info="") if bar else None
@@ -206,15 +182,13 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
             lr = lr_at(step, tc)
             set_lr(opt, lr)
             micro = batches.batch(step)
-            w_micro = [weights_of[region[:, 1:]] for _, _, region in micro]
-            total = parallel.all_sum(sum(w.sum() for w in w_micro).detach().clone())  # the global batch's weight
-            for i, ((tokens, pos, region), w) in enumerate(zip(micro, w_micro)):
+            total = parallel.all_sum(sum(objective.norm(m) for m in micro).detach().clone())  # the global batch's
+            for i, m in enumerate(micro):
                 last = i == len(micro) - 1
                 sync = net.no_sync() if world > 1 and tc.parallel == "ddp" and not last else contextlib.nullcontext()
                 with sync:
                     with autocast(device, precision):
-                        logits = net(tokens[:, :-1], pos[:, :-1])  # (B, T-1, V)
-                    obj, stats = token_loss(logits, tokens[:, 1:], w, region[:, 1:], cfg.loss.z_loss)
+                        obj, stats = objective(net, m)
                     # / total: the mean over the global batch; * world: DDP and FSDP average gradients
                     (obj / total * world).backward()
                 sums += stats
@@ -225,20 +199,19 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
             if ema:
                 ema.update(model)
             step += 1
-            tokens_seen += cfg.data.batch_size * batches.seq_len
+            tokens_seen += batches.tokens_per_step
             if step % tc.log_every == 0 or step == tc.max_steps:
                 s = parallel.all_sum(sums.clone()).tolist()  # a device sync: only at log steps
                 sums.zero_()
                 elapsed = time.perf_counter() - t0
                 tok_s = tokens_seen / elapsed
-                row = {"step": step, "loss": s[0] / s[1], "loss_visual": s[2] / max(s[3], 1), "lr": lr,
-                       "tok_s": tok_s, "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device),
-                       "elapsed_s": elapsed}
+                row = {"step": step, **objective.metrics(s), "lr": lr, "tok_s": tok_s,
+                       "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device), "elapsed_s": elapsed}
                 if metrics:
                     metrics.write(row)
-                    bar.update(task, completed=step, info=f"loss {row['loss']:.3f}  visual {row['loss_visual']:.3f}  "
-                                                          f"lr {lr:.2e}  {tok_s:,.0f} tok/s  MFU {row['mfu']:.0%}  "
-                                                          f"{row['mem_mib']:,.0f} MiB")
+                    shown = "  ".join(f"{k} {row[k]:.3f}" for k in objective.shown)
+                    bar.update(task, completed=step, info=f"{shown}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
+                                                          f"MFU {row['mfu']:.0%}  {row['mem_mib']:,.0f} MiB")
             if step % tc.image_every == 0 or step == tc.max_steps:
                 pictures.write(step, model, ema, metrics)
             if step % tc.ckpt_every == 0 or step == tc.max_steps:

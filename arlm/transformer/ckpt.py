@@ -1,0 +1,41 @@
+"""The transformer's checkpoint format: what a transformer run directory holds beside arlm.checkpoint's
+generic layout (the `KIND` tag and the vocabulary, `vocab.json`), and the one way to load a model from it.
+
+Every stage that writes transformer checkpoints (pretrain, sft, dpo) and every reader (the sampler, the
+evaluations, make-prefs) goes through here, so neither side imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arlm import checkpoint
+from arlm.transformer.model import Transformer
+from arlm.transformer.sequence import Vocab
+
+KIND = "transformer"
+VOCAB_FILE = "vocab.json"
+
+
+def read_vocab(ckpt: Path) -> Vocab:
+    try:
+        return Vocab.from_json((ckpt / VOCAB_FILE).read_text())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: {VOCAB_FILE}: {e}") from None
+
+
+def load_model(path, device: str = "auto", ema: bool = True):
+    """(model in eval mode, vocab, run config) of a transformer run or checkpoint directory; the EMA
+    weights when the run kept them."""
+    from arlm.config import TrainTransformerConfig
+    from arlm.training import resolve_device
+
+    ckpt = checkpoint.resolve(path, KIND)
+    cfg = checkpoint.load_config(ckpt, TrainTransformerConfig)
+    vocab = read_vocab(ckpt)
+    model = Transformer(cfg.model, vocab.padded_size)
+    weights = checkpoint.load_weights(ckpt, "model")
+    if ema and (ckpt / "ema.safetensors").is_file():
+        weights = {**weights, **checkpoint.load_weights(ckpt, "ema")}
+    checkpoint.load_into(model, weights, ckpt)
+    return model.to(resolve_device(device)).eval(), vocab, cfg
