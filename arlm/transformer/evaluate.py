@@ -60,7 +60,9 @@ def sample_and_judge(model: Transformer, vocab: Vocab, prompts: Sequence[str], s
         codes = sample(model, vocab, ps, ss, *grid, settings, precision, kept).cpu()
         images = [None] * len(ps)
         if tokenizer is not None:
-            images = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in tokenizer.decode(codes)]
+            # one image at a time: a convolution's rounding depends on the batch it runs in (a pixel may move by
+            # 1), and an image must not depend on what it was drawn beside (--batch-size)
+            images = [Image.fromarray(tokenizer.decode(c[None])[0].permute(1, 2, 0).numpy()) for c in codes]
         out += [Judged(p, s, c, im) for p, s, c, im in zip(ps, ss, codes, images)]
         if advance:
             advance(len(ps))
