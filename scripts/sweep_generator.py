@@ -54,9 +54,9 @@ def heldout_loss(run: Path, shards: str) -> float:
     `arimg pretokenize` of another seed), captions kept: comparable between runs on one tokenizer only."""
     from arlm.config import TokenDataConfig
     from arlm.transformer.data import Batches, token_info
-    from arlm.transformer.sample import load_model
+    from arlm.transformer.ckpt import load_model
     from arlm.transformer.sequence import VISUAL_R
-    from arlm.transformer.train import token_loss
+    from arlm.transformer.objectives import token_loss
 
     model, vocab, _ = load_model(run, "cpu")
     data = TokenDataConfig(shards=shards, batch_size=50, caption_dropout=0.0)
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--tokens", help="token shards (arimg pretokenize)")
     ap.add_argument("--budget", type=float, default=600, help="seconds of training, start-up excluded")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train this many steps instead (no probe): for long runs, from a rate measured on an idle machine")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
     ap.add_argument("--eval-only", default=None, help="judge this trained run instead of training one")
     ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: report their loss")
@@ -98,12 +100,15 @@ def main() -> None:
             if not args.tokens:
                 ap.error("--tokens is needed to train")
             run = Path(args.runs) / args.name
-            rate = step_rate(args, run)
-            steps = max(1, int(args.budget * rate))
-            log.info("%s: %.2f steps/s after start-up: %d steps in %.0f s", args.name, rate, steps, args.budget)
+            if args.steps:
+                steps = args.steps
+            else:
+                rate = step_rate(args, run)
+                steps = max(1, int(args.budget * rate))
+                log.info("%s: %.2f steps/s after start-up: %d steps in %.0f s", args.name, rate, steps, args.budget)
             t0 = time.perf_counter()
             train(pretrain_config(args, run, steps, []))
-            row.update(tokens=args.tokens, budget_s=args.budget, steps=steps, train_wall_s=round(time.perf_counter() - t0))
+            row.update(tokens=args.tokens, budget_s=None if args.steps else args.budget, steps=steps, train_wall_s=round(time.perf_counter() - t0))
         ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
                                                   f"out={run}/eval-{args.name}",
                                                   *[f"sampling.{kv}" for kv in args.sampling]]))
