@@ -177,17 +177,29 @@ class SampleConfig:
 
 
 @dataclass
-class TrainTransformerConfig:
-    """`arimg pretrain` and `arimg sft`: one trainer, two stages (the root config sets `stage`)."""
+class DPOConfig:
+    """`arimg dpo`: the preference objective (arlm.transformer.dpo)."""
 
-    stage: str = "pretrain"  # pretrain | sft
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo | robust (Chowdhury et al. 2024)
+    beta: float = 0.1  # strength of the pull towards the reference model
+    label_smoothing: float = 0.0  # sigmoid (conservative DPO) and robust: the assumed share of flipped labels
+    ntp_weight: float = 0.0  # + this x the chosen samples' mean next-token loss per visual token (keeps them likely)
+    reference: str = "shards"  # shards: the log-probs make-prefs stored | live: a frozen copy of the initial model
+
+
+@dataclass
+class TrainTransformerConfig:
+    """`arimg pretrain`, `arimg sft` and `arimg dpo`: one trainer (the root config sets `stage`)."""
+
+    stage: str = "pretrain"  # pretrain | sft | dpo
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: TransformerLossConfig = field(default_factory=TransformerLossConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     run_dir: str = "runs/pretrain"
-    init_from: Optional[str] = None  # sft: the pretrain run or checkpoint (its model config is used)
+    init_from: Optional[str] = None  # sft, dpo: the run or checkpoint to start from (its model config is used)
     resume: bool = False
     overwrite: bool = False
 
@@ -224,6 +236,29 @@ class EvalGeneratorConfig:
 
 
 @dataclass
+class MakePrefsConfig:
+    """`arimg make-prefs`: preference pairs from a model's own samples, scored by a reward (arlm.transformer.prefs)."""
+
+    prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # grammar prompts: these kinds
+    per_kind: int = 100  # grammar prompts: this many of each kind
+    prompt_seed: int = 0  # grammar prompts: the captions of `arimg data synth --seed` this (0: the training set's)
+    k: int = 8  # samples per prompt
+    seed: int = 0  # sampling seed
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: str = "judge"  # judge: the judge's graded score | module:function, a callable (image, prompt) -> float
+    labels: Optional[str] = None  # JSON lines of human choices {"prompt", "chosen", "rejected"} (sample seeds)
+    margin: float = 0.1  # keep a pair only if the rewards differ by at least this much
+    pairs: str = "best-worst"  # best-worst: one pair per prompt | all: every pair that clears the margin
+    batch_size: int = 32  # images per sampling batch
+    shard_size: int = 1000
+    out: str = "data/prefs"
+    overwrite: bool = False
+    device: str = "auto"
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
 class EvalImagesConfig:
     """`arimg eval images`: judge images against their captions."""
 
@@ -235,7 +270,7 @@ class EvalImagesConfig:
 # command name -> root schema; conf/<name>.yaml is its root config
 ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig,
                           "train_tokenizer": TrainTokenizerConfig, "pretrain": TrainTransformerConfig,
-                          "sft": TrainTransformerConfig}
+                          "sft": TrainTransformerConfig, "dpo": TrainTransformerConfig, "make_prefs": MakePrefsConfig}
 # the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 

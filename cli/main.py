@@ -28,6 +28,8 @@ app.command("detokenize")(tokenizer.detokenize_cmd)
 app.command("pretokenize")(tokenizer.pretokenize_cmd)
 app.command("pretrain")(transformer.pretrain)
 app.command("sft")(transformer.sft)
+app.command("make-prefs")(transformer.make_prefs)
+app.command("dpo")(transformer.dpo)
 app.command("sample")(sample.sample_cmd)
 
 

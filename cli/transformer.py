@@ -1,4 +1,4 @@
-"""arimg pretrain, sft."""
+"""arimg pretrain, sft, make-prefs, dpo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from arlm.config import to_yaml
-from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit_path
+from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, emit_path
 
 
 def _run(stage: str, overrides: list[str] | None, print_config: bool) -> None:
@@ -36,3 +36,26 @@ def sft(
     """Fine-tune a pretrain run (init_from=RUN) on a curated set or a filter (data.kinds=\\[single]), loss on
     the visual tokens only. Prints the run directory."""
     _run("sft", overrides, print_config)
+
+
+def make_prefs(
+    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory (the model dpo starts from)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Preference pairs from the model's own samples: k images per prompt, each scored by a reward (the
+    judge's graded score, reward=module:function, or labels=FILE), best against worst where they differ by
+    the margin; token shards with reference log-probs in out=DIR. A JSON report on stdout."""
+    from arlm.transformer.prefs import make_prefs as run
+
+    cfg = configured("make_prefs", overrides, print_config)
+    emit(run(ckpt, cfg))
+
+
+def dpo(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Direct preference optimisation of a run (init_from=RUN) on make-prefs pairs (data.shards=DIR);
+    dpo.loss_type=sigmoid|ipo|robust, dpo.beta, dpo.ntp_weight. Prints the run directory."""
+    _run("dpo", overrides, print_config)

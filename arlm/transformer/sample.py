@@ -240,7 +240,7 @@ def candidate_seed(seed: int, prompt: str, index: int, j: int) -> int:
 class Sampler:
     """A transformer run with its image tokenizer, ready to turn prompts into images."""
 
-    def __init__(self, ckpt: str, settings: Settings, request: Request, device: str = "auto") -> None:
+    def __init__(self, ckpt: str, settings: Settings, request: Request, device: str = "auto", ema: bool = True) -> None:
         from arlm.errors import ConfigError
         from arlm.perf import resolve_precision
         from arlm.synth import parse_size
@@ -252,7 +252,7 @@ class Sampler:
             raise ConfigError(str(e)) from None
         if request.n < 1 or request.batch_size < 1 or request.rerank < 1:
             raise ConfigError("--n, --batch-size and --rerank must be at least 1")
-        self.model, self.vocab, _ = load_model(ckpt, device)
+        self.model, self.vocab, _ = load_model(ckpt, device, ema)
         self.device = next(self.model.parameters()).device
         self.precision = resolve_precision("auto", self.device)
         self.tok = load_tokenizer(self.vocab.tokenizer, str(self.device))

@@ -1,9 +1,10 @@
-"""`arimg pretrain` and `arimg sft`: one trainer for every stage of the transformer.
+"""`arimg pretrain`, `arimg sft` and `arimg dpo`: one trainer for every stage of the transformer.
 
 pretrain: next-token loss on the whole sequence, the text and layout targets weighted by `loss.text_weight`.
 sft: starts from a pretrain checkpoint (its model config and weights), loss on the visual tokens only
 (`loss.visual_only`), on a curated set or a filter of one (`data.kinds`, `data.caption_regex`), with its own
 schedule (`trainer=sft`).
+dpo: starts from a trained run, on the preference pairs of `arimg make-prefs` (arlm.transformer.dpo).
 
 A stage is its batches and its objective (arlm.transformer.objectives, `_stage_parts`); everything else,
 set-up and loop, is shared.
@@ -47,7 +48,7 @@ from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device,
                            set_lr, set_rng_state, autocast)
 from arlm.viz import contact_sheet, line_plot
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "dpo")
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay on matmul weights only: norms, biases and embeddings (the tied head included) keep theirs."""
@@ -75,9 +76,20 @@ def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab
 
 
 def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, device: torch.device, rank: int, world: int):
-    """(batches, objective) of the stage."""
+    """(batches, objective) of the stage: token batches and next-token loss, or preference pairs and DPO."""
     args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
-    return Batches(cfg.data, *args), NextToken(cfg, device)
+    if cfg.stage != "dpo":
+        return Batches(cfg.data, *args), NextToken(cfg, device)
+    from arlm.transformer import dpo
+
+    dpo.check_config(cfg.dpo)
+    reference = None
+    if cfg.dpo.reference == "live":  # the initial weights, also after a resume
+        start = checkpoint.resolve(cfg.init_from, KIND)
+        reference = Transformer(cfg.model, vocab.padded_size)
+        checkpoint.load_into(reference, checkpoint.load_weights(start, "model"), start)
+        reference = reference.to(device).eval().requires_grad_(False)
+    return dpo.PrefBatches(cfg.data, *args), dpo.Preference(cfg.dpo, reference)
 
 
 def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
@@ -102,8 +114,8 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         raise ConfigError(f"trainer.{e}") from None
     run = Path(cfg.run_dir)
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
-    if cfg.stage == "sft" and init is None and not cfg.resume:
-        raise ConfigError("sft starts from a pretrain run: pass init_from=RUN")
+    if cfg.stage in ("sft", "dpo") and init is None and not cfg.resume:
+        raise ConfigError(f"{cfg.stage} starts from a trained run: pass init_from=RUN")
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
     resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
@@ -246,7 +258,9 @@ class SamplePictures:
     def write(self, step: int, model: Transformer, ema: EMA | None, metrics: Metrics | None) -> None:
         if metrics:
             rows = metrics.rows()
-            line_plot(rows, ["loss", "loss_visual"], self.run / "loss.png", log_y=True)
+            line_plot(rows, ["loss", "loss_visual"], self.run / "loss.png", log_y=self.cfg.stage != "dpo")
+            if self.cfg.stage == "dpo":
+                line_plot(rows, ["rewards/chosen", "rewards/rejected", "rewards/margins"], self.run / "rewards.png")
         if not self.enabled:
             return
         sc = self.cfg.sample

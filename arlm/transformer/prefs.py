@@ -1,0 +1,251 @@
+"""`arimg make-prefs`: preference pairs from a model's own samples, for `arimg dpo`.
+
+For each prompt, K images are drawn (`sample_and_judge`, the project's one sample -> decode -> judge path)
+at the sampling settings of evaluation, and each gets a reward:
+
+- `reward=judge` (default): the judge's graded score (arlm.judge.score: partial credit per claim);
+- `reward=module:function`: any callable (PIL image, prompt) -> number, imported by name;
+- `labels=FILE`: people's choices, JSON lines {"prompt": ..., "chosen": i, "rejected": j}, where i and j
+  number the K samples of that prompt (the same seed gives the same images: look at a first run's
+  `candidates/`, where every sample is a PNG listed in `candidates.jsonl`, and write the labels).
+
+A pair (chosen, rejected) is kept when the rewards differ by at least `margin`: the best against the worst
+sample of each prompt (`pairs=best-worst`), or every such pair (`pairs=all`). Pairs are stored as the
+model's own **tokens**, never re-encoded from the decoded images (the tokenizer would not give the same
+codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
+per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
+`KEY.chosen.png` / `KEY.rejected.png` for people. Beside them: `tokens.json` (as `arimg pretokenize`
+writes it), `prefs.json` (the vocabulary and how the pairs were made) and `pairs.png`, a contact sheet of
+the first pairs, chosen left of rejected, to look for reward hacking by eye.
+
+The samples come from the weights that `arimg dpo init_from=RUN` starts from (a run's trained weights, not
+its EMA copy), and the reference log-probs are computed in fp32 by the same weights, so that DPO's rewards
+start at zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arlm.config import MakePrefsConfig
+from arlm.data.shards import ShardWriter, encode_png, prepare_out_dir
+from arlm.errors import ConfigError
+from arlm.judge import parse_caption, score
+from arlm.log import log, progress
+from arlm.transformer.dpo import PREFS_FILE
+from arlm.transformer.evaluate import Judged, grammar_prompts, read_prompt_file, sample_and_judge
+from arlm.transformer.objectives import sequence_logps
+from arlm.transformer.sample import Request, Sampler, Settings, image_seed
+from arlm.transformer.sequence import Vocab
+
+PAIR_MODES = ("best-worst", "all")
+
+
+def load_reward(spec: str) -> Callable[[object, str], float]:
+    """The callable named by 'module:function'; a ConfigError when it does not import."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"reward must be judge or module:function, got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"reward {spec}: {e}") from None
+    if not callable(fn):
+        raise ConfigError(f"reward {spec} is not callable")
+    return fn
+
+
+def read_labels(path: str, k: int) -> list[tuple[str, int, int]]:
+    """(prompt, chosen index, rejected index) per line of a labels file; a ConfigError on a bad line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"labels {path}: {e}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, c, r = str(row["prompt"]), row["chosen"], row["rejected"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"labels {path}:{n}: not a JSON object with prompt, chosen and rejected") from None
+        if not (isinstance(c, int) and isinstance(r, int) and 0 <= c < k and 0 <= r < k and c != r):
+            raise ConfigError(f"labels {path}:{n}: chosen and rejected must name two of the {k} samples (0..{k - 1}) "
+                              f"of the prompt, got {c!r} and {r!r}")
+        out.append((prompt, c, r))
+    if not out:
+        raise ConfigError(f"labels {path}: no labels")
+    return out
+
+
+def choose_pairs(rewards: list[float], margin: float, mode: str) -> list[tuple[int, int]]:
+    """(chosen, rejected) indices of one prompt's samples whose rewards differ by at least `margin`."""
+    if mode == "best-worst":
+        best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
+        worst = min(range(len(rewards)), key=lambda i: (rewards[i], i))
+        return [(best, worst)] if best != worst and rewards[best] - rewards[worst] >= margin else []
+    return [(i, j) for i in range(len(rewards)) for j in range(len(rewards))
+            if i != j and rewards[i] - rewards[j] >= margin and (rewards[i] > rewards[j] or i < j)]
+
+
+@torch.no_grad()
+def reference_logps(model, vocab: Vocab, prompts: list[str], codes: torch.Tensor, batch_size: int = 32) -> list[float]:
+    """log p(codes | prompt) of each (prompt, (h, w) codes) under `model`, in fp32: what DPO compares with."""
+    from arlm.transformer.data import pad_text
+
+    device = next(model.parameters()).device
+    h, w = codes.shape[1:]
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        ids = [vocab.encode_text(p) for p in prompts[b:b + batch_size]]
+        text, lengths = pad_text(ids, max(map(len, ids)))
+        seq_len = vocab.seq_len(text.shape[1], h, w)
+        visual = codes[b:b + batch_size].reshape(len(ids), -1).long()
+        tokens, pos, region = vocab.build(text.to(device), lengths.to(device), visual.to(device), h, w, seq_len)
+        out += sequence_logps(model(tokens[:, :-1], pos[:, :-1]), tokens, region).tolist()
+    return out
+
+
+def _prompts(cfg: MakePrefsConfig) -> list[str]:
+    from arlm.synth import KINDS
+
+    if cfg.labels:
+        return []
+    if cfg.prompts is not None:
+        prompts = read_prompt_file(cfg.prompts)
+    else:
+        if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
+            raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
+        prompts = grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
+    return list(dict.fromkeys(prompts))
+
+
+def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
+    """`arimg make-prefs` (cfg: arlm.config.MakePrefsConfig); the JSON report."""
+    from arlm.viz import contact_sheet
+
+    if cfg.k < 2 or cfg.batch_size < 1 or cfg.shard_size < 1:
+        raise ConfigError("k must be at least 2, batch_size and shard_size at least 1")
+    if cfg.pairs not in PAIR_MODES:
+        raise ConfigError(f"pairs must be one of {', '.join(PAIR_MODES)}, got {cfg.pairs!r}")
+    if cfg.margin < 0:
+        raise ConfigError(f"margin must be at least 0, got {cfg.margin}")
+    labels = read_labels(cfg.labels, cfg.k) if cfg.labels else None
+    reward = None if labels or cfg.reward == "judge" else load_reward(cfg.reward)
+    prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else _prompts(cfg)
+    settings = Settings.from_config(cfg.sampling)
+    sampler = Sampler(ckpt, settings, Request(), cfg.device, ema=False)
+    for p in prompts:
+        sampler.check(p)
+    out = Path(cfg.out)
+    old = prepare_out_dir(out, overwrite=cfg.overwrite)
+
+    jobs = [(p, i) for p in prompts for i in range(cfg.k)]
+    with progress() as bar:
+        task = bar.add_task("make-prefs", total=len(jobs), info="")
+        judged = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
+                                  [image_seed(cfg.seed, p, i) for p, i in jobs], sampler.grid, settings,
+                                  sampler.precision, sampler.tok, cfg.judge if reward is None and not labels else None,
+                                  cfg.batch_size, lambda n: bar.update(task, advance=n))
+    by_prompt: dict[str, list[Judged]] = {}
+    for j in judged:
+        by_prompt.setdefault(j.prompt, []).append(j)
+
+    rewards = {p: [_reward(j, reward) for j in js] for p, js in by_prompt.items()} if not labels else {}
+    _write_candidates(out / "candidates", prompts, by_prompt, rewards)
+    pairs = ([(p, c, r) for p, c, r in labels] if labels else
+             [(p, c, r) for p in prompts for c, r in choose_pairs(rewards[p], cfg.margin, cfg.pairs)])
+    if not pairs:
+        raise ConfigError(f"no pair of samples differs by the margin {cfg.margin} in reward over {len(prompts)} prompt(s) "
+                        f"x {cfg.k} samples: lower margin or raise k")
+    chosen = [by_prompt[p][c] for p, c, _ in pairs]
+    rejected = [by_prompt[p][r] for p, _, r in pairs]
+    model = sampler.model.float()
+    ref_c = reference_logps(model, sampler.vocab, [j.prompt for j in chosen], torch.stack([j.codes for j in chosen]))
+    ref_r = reference_logps(model, sampler.vocab, [j.prompt for j in rejected], torch.stack([j.codes for j in rejected]))
+
+    dtype = np.int16 if sampler.vocab.codebook_size <= 2**15 else np.int32
+    writer = ShardWriter(out, cfg.shard_size)
+    kinds = Counter()
+    try:
+        for n, ((p, c, r), jc, jr, lc, lr) in enumerate(zip(pairs, chosen, rejected, ref_c, ref_r)):
+            expect = parse_caption(p)
+            kind = expect.kind if expect else None
+            kinds[kind or "other"] += 1
+            record = {"prompt": p, "kind": kind, "ref_logps": [lc, lr],
+                      "chosen": {"index": c, "seed": jc.seed, "reward": rewards[p][c] if rewards else None},
+                      "rejected": {"index": r, "seed": jr.seed, "reward": rewards[p][r] if rewards else None}}
+            files = {"json": json.dumps(record).encode()}
+            for side, j in (("chosen", jc), ("rejected", jr)):
+                buf = io.BytesIO()
+                np.save(buf, j.codes.numpy().astype(dtype))
+                files[f"{side}.npy"] = buf.getvalue()
+                files[f"{side}.png"] = encode_png(j.image)
+            writer.write(f"{n:07d}", files)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for path in old:
+        if path not in writer.written:
+            path.unlink(missing_ok=True)
+
+    grid = list(sampler.grid)
+    (out / "tokens.json").write_text(json.dumps({"tokenizer": sampler.vocab.tokenizer, "grid": grid,
+                                                 "codebook_size": sampler.vocab.codebook_size, "samples": len(pairs)},
+                                                indent=1))
+    source = f"labels {cfg.labels}" if labels else cfg.reward
+    report = {"ckpt": ckpt, "out": str(out), "prompts": len(prompts), "samples": len(judged), "pairs": len(pairs),
+              "per_kind": dict(kinds), "reward": source, "margin": cfg.margin, "mode": "labels" if labels else cfg.pairs,
+              "settings": sampler.settings_json(), "shards": [str(p) for p in writer.written]}
+    if rewards:
+        flat = [x for xs in rewards.values() for x in xs]
+        report["reward_mean"] = statistics.fmean(flat)
+        report["reward_chosen"] = statistics.fmean(rewards[p][c] for p, c, _ in pairs)
+        report["reward_rejected"] = statistics.fmean(rewards[p][r] for p, _, r in pairs)
+        report["prompts_without_pair"] = sum(1 for p in prompts if not choose_pairs(rewards[p], cfg.margin, cfg.pairs))
+    (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
+    shown = list(zip(chosen, rejected))[:24]
+    labels_ = [t for jc, jr in shown for t in (f"chosen: {jc.prompt}", "rejected")]
+    contact_sheet([im for jc, jr in shown for im in (jc.image, jr.image)], labels_, cols=8,
+                  marks=[m for _ in shown for m in (True, False)]).save(out / "pairs.png")
+    report["sheet"] = str(out / "pairs.png")
+    log.info("%d pairs from %d prompts x %d samples in %s", len(pairs), len(prompts), cfg.k, out)
+    return report
+
+
+def _write_candidates(folder: Path, prompts: list[str], by_prompt: dict[str, list[Judged]],
+                      rewards: dict[str, list[float]]) -> None:
+    """Every sample as PNG, `PROMPT#-INDEX.png`, and `candidates.jsonl` (path, prompt, index, seed, reward):
+    what people look at to write a labels file, or to check the reward by eye."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "candidates.jsonl").open("w") as f:
+        for k, p in enumerate(prompts):
+            for i, j in enumerate(by_prompt[p]):
+                path = folder / f"{k:05d}-{i:02d}.png"
+                j.image.save(path)
+                f.write(json.dumps({"path": str(path), "prompt": p, "index": i, "seed": j.seed,
+                                    "reward": rewards[p][i] if rewards else None}) + "\n")
+
+
+def _reward(j: Judged, fn: Callable | None) -> float:
+    if fn is None:
+        return score(j.verdict, j.prompt)
+    try:
+        value = float(fn(j.image, j.prompt))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the reward returned something that is not a number for {j.prompt!r}: {e}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"the reward returned {value} for {j.prompt!r}: rewards must be finite numbers")
+    return value

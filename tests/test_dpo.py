@@ -1,0 +1,248 @@
+"""The preference stage: DPO losses on hand-made log-probs, per-sequence log-probs, make-prefs (rewards,
+labels, margins, token shards), a tiny dpo run end to end, resume equality, 1 vs 2 processes, bad inputs."""
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from arlm import checkpoint
+from arlm.config import DPOConfig, compose, to_object
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.data import pad_text
+from arlm.transformer.dpo import dpo_loss
+from arlm.transformer.objectives import sequence_logps
+from arlm.transformer.prefs import choose_pairs, make_prefs
+from arlm.transformer.sequence import VISUAL_R
+from arlm.transformer.train import train
+
+TINY_DPO = ["trainer=tiny", "trainer.compile=false", "data.batch_size=8", "sample.n=1", "sample.prompts=[a red circle]",
+            "trainer.image_every=100"]
+REWARD = "prefs_reward:brightness"
+
+
+# --- the loss ----------------------------------------------------------------------------------------------
+
+def test_sigmoid_dpo_is_log2_at_equal_margins_and_its_gradient_prefers_the_chosen():
+    pc, pr = torch.tensor([-10.0, -3.0], requires_grad=True), torch.tensor([-12.0, -1.0], requires_grad=True)
+    rc, rr = torch.tensor([-10.0, -3.0]), torch.tensor([-12.0, -1.0])  # the policy is the reference: h = 0
+    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, DPOConfig())
+    assert torch.allclose(losses, torch.full((2,), math.log(2)))
+    assert torch.equal(chosen, torch.zeros(2)) and torch.equal(rejected, torch.zeros(2))
+    losses.sum().backward()
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()  # descent raises chosen, lowers rejected
+    assert torch.allclose(pc.grad, torch.full((2,), -0.05)) and torch.allclose(pr.grad, torch.full((2,), 0.05))
+
+
+@pytest.mark.parametrize("loss_type,eps", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0), ("robust", 0.1)])
+def test_dpo_losses_match_their_formulas(loss_type, eps):
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(5, generator=g) * 5 - 20 for _ in range(4))
+    cfg = DPOConfig(loss_type=loss_type, beta=0.3, label_smoothing=eps)
+    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, cfg)
+    for i in range(5):
+        h = float((pc[i] - rc[i]) - (pr[i] - rr[i]))
+        ls = lambda x: -math.log1p(math.exp(-x))  # log sigmoid
+        want = {"sigmoid": -(1 - eps) * ls(0.3 * h) - eps * ls(-0.3 * h),
+                "ipo": (h - 1 / (2 * 0.3)) ** 2,
+                "robust": (-(1 - eps) * ls(0.3 * h) + eps * ls(-0.3 * h)) / (1 - 2 * eps)}[loss_type]
+        assert float(losses[i]) == pytest.approx(want, rel=1e-5)
+        assert float(chosen[i] - rejected[i]) == pytest.approx(0.3 * h, rel=1e-5, abs=1e-5)
+
+
+def test_sequence_logps_sum_the_visual_tokens_of_a_plain_forward(tiny_lm, token_dir):
+    from arlm.config import TokenDataConfig
+    from arlm.transformer.data import Batches, token_info
+
+    model, vocab, _ = load_model(tiny_lm, "cpu")
+    batches = Batches(TokenDataConfig(shards=str(token_dir), batch_size=4, caption_dropout=0.0), vocab,
+                      token_info(str(token_dir)), model.cfg.max_seq_len, torch.device("cpu"))
+    tokens, pos, region = batches.batch(0)[0]
+    with torch.no_grad():
+        got = sequence_logps(model(tokens[:, :-1], pos[:, :-1]), tokens, region)
+        for b in range(tokens.shape[0]):  # one sequence at a time, token by token
+            logits = model(tokens[b:b + 1, :-1], pos[b:b + 1, :-1])[0].log_softmax(-1)
+            want = sum(float(logits[t, tokens[b, t + 1]]) for t in range(tokens.shape[1] - 1)
+                       if region[b, t + 1] == VISUAL_R)
+            assert float(got[b]) == pytest.approx(want, rel=1e-5)
+
+
+def test_pairs_clear_the_margin_and_never_pair_a_sample_with_itself():
+    assert choose_pairs([0.5, 0.9, 0.1, 0.9], 0.3, "best-worst") == [(1, 2)]
+    assert choose_pairs([0.5, 0.5], 0.0, "best-worst") == []
+    assert choose_pairs([0.5, 0.52], 0.1, "best-worst") == []
+    pairs = choose_pairs([0.5, 0.9, 0.1], 0.3, "all")
+    assert sorted(pairs) == [(0, 2), (1, 0), (1, 2)]
+
+
+def _one_error(err: str) -> bool:
+    """One error line (progress bars may come before it on stderr) and no traceback."""
+    return sum(ln.startswith("arimg: error:") for ln in err.splitlines()) == 1 and "Traceback" not in err
+
+
+# --- make-prefs ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reward_module(tmp_path_factory):
+    """An importable reward: mean brightness of the image (no ties, so every prompt gives pairs)."""
+    folder = tmp_path_factory.mktemp("reward")
+    (folder / "prefs_reward.py").write_text(
+        "import numpy as np\n"
+        "def brightness(image, prompt):\n    return float(np.asarray(image, dtype=np.float64).mean() / 255)\n"
+        "def words(image, prompt):\n    return 'bright'\n")
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+def prefs_cfg(out, *extra):
+    return to_object(compose("make_prefs", ["kinds=[single,count]", "per_kind=6", "k=4", "batch_size=16",
+                                            f"out={out}", "margin=0.0", *extra]))
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory, tiny_lm, reward_module):
+    out = tmp_path_factory.mktemp("prefs") / "p"
+    report = make_prefs(str(tiny_lm), prefs_cfg(out, f"reward={REWARD}", "pairs=all"))
+    return out, report
+
+
+def read_pairs(out):
+    pairs = []
+    for shard in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for key in sorted({n.split(".")[0] for n in files}):
+            pairs.append((json.loads(files[f"{key}.json"]),
+                          *(np.load(io.BytesIO(files[f"{key}.{s}.npy"])) for s in ("chosen", "rejected"))))
+    return pairs
+
+
+def test_make_prefs_stores_the_models_tokens_with_their_reference_logps(prefs, tiny_lm):
+    out, report = prefs
+    pairs = read_pairs(out)
+    assert len(pairs) == report["pairs"] > 0 and report["samples"] == report["prompts"] * 4
+    model, vocab, _ = load_model(tiny_lm, "cpu", ema=False)
+    cands = {(c["prompt"], c["index"]): c for c in map(json.loads, (out / "candidates" / "candidates.jsonl").open())}
+    for meta, chosen, rejected in pairs[:6]:
+        assert meta["chosen"]["reward"] - meta["rejected"]["reward"] >= 0 and meta["chosen"]["index"] != meta["rejected"]["index"]
+        for side, codes in (("chosen", chosen), ("rejected", rejected)):
+            assert cands[(meta["prompt"], meta[side]["index"])]["reward"] == meta[side]["reward"]  # one prompt, two samples
+            ids = vocab.encode_text(meta["prompt"])  # one unpadded sequence (make-prefs batches padded ones)
+            text, lengths = pad_text([ids], len(ids))
+            h, w = codes.shape
+            tokens, pos, region = vocab.build(text, lengths, torch.from_numpy(codes.astype(np.int64)).reshape(1, -1),
+                                              h, w, vocab.seq_len(len(ids), h, w))
+            with torch.no_grad():
+                lp = float(sequence_logps(model(tokens[:, :-1], pos[:, :-1]), tokens, region)[0])
+            assert lp == pytest.approx(meta["ref_logps"][0 if side == "chosen" else 1], rel=1e-4)
+    assert (out / "pairs.png").is_file() and (out / "tokens.json").is_file() and (out / "prefs.json").is_file()
+
+
+def test_make_prefs_with_the_judge_keeps_pairs_that_clear_the_margin(tmp_path, tiny_lm):
+    report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "j", "kinds=[single]", "k=6", "margin=0.05"))
+    pairs = read_pairs(tmp_path / "j")
+    assert report["reward"] == "judge" and len(pairs) == report["pairs"] >= 1
+    for meta, _, _ in pairs:
+        assert meta["chosen"]["reward"] - meta["rejected"]["reward"] >= 0.05 and meta["kind"] == "single"
+    assert report["pairs"] + report["prompts_without_pair"] == report["prompts"]
+
+
+def test_a_labels_file_decides_the_pairs(tmp_path, tiny_lm):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"prompt": "a red circle", "chosen": 2, "rejected": 0}\n'
+                      '{"prompt": "two blue squares", "chosen": 1, "rejected": 3}\n')
+    report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "l", f"labels={labels}"))
+    got = [(m["prompt"], m["chosen"]["index"], m["rejected"]["index"]) for m, _, _ in read_pairs(tmp_path / "l")]
+    assert got == [("a red circle", 2, 0), ("two blue squares", 1, 3)] and report["mode"] == "labels"
+
+
+def test_make_prefs_bad_inputs_exit_2(tmp_path, tiny_lm, reward_module, run_cli):
+    bad_labels = tmp_path / "bad.jsonl"
+    bad_labels.write_text('{"prompt": "a red circle", "chosen": 9, "rejected": 0}\n')
+    for extra in (["reward=no_such_module:f"], ["reward=prefs_reward:words"], [f"labels={bad_labels}"],
+                  ["margin=2.0", f"reward={REWARD}"], ["pairs=some"]):
+        code, out, err = run_cli("make-prefs", "--ckpt", tiny_lm, "kinds=[single]", "per_kind=2", "k=2",
+                                 f"out={tmp_path / 'x'}", "overwrite=true", *extra)
+        assert code == 2 and out == "" and _one_error(err), (extra, err)
+
+
+# --- dpo ------------------------------------------------------------------------------------------------------
+
+def dpo_cfg(prefs_dir, init, run, *extra):
+    return to_object(compose("dpo", [*TINY_DPO, f"data.shards={prefs_dir}", f"init_from={init}", f"run_dir={run}",
+                                     *extra]))
+
+
+def rows(run):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_a_tiny_dpo_run_starts_at_the_reference_and_raises_the_margin(tmp_path, prefs, tiny_lm):
+    out, _ = prefs
+    run = train(dpo_cfg(out, tiny_lm, tmp_path / "dpo", "trainer.max_steps=8", "trainer.lr=1e-2"))
+    r = rows(run)
+    assert [x["step"] for x in r] == list(range(1, 9))
+    first = r[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference before the first update
+    assert abs(first["rewards/chosen"]) < 1e-4 and abs(first["rewards/rejected"]) < 1e-4
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected"):
+        assert all(math.isfinite(x[key]) for x in r)
+    assert r[-1]["rewards/margins"] > first["rewards/margins"]
+    assert (run / "rewards.png").is_file() and checkpoint.latest(run) is not None
+    stored = train(dpo_cfg(out, tiny_lm, tmp_path / "stored", "trainer.max_steps=3"))
+    live = train(dpo_cfg(out, tiny_lm, tmp_path / "live", "trainer.max_steps=3", "dpo.reference=live"))
+    for a, b in zip(rows(live), rows(stored)):  # a frozen copy of the initial model gives the stored log-probs
+        for key in ("loss", "rewards/chosen", "rewards/rejected"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6)
+
+
+def test_dpo_resume_continues_the_same_run(tmp_path, prefs, tiny_lm):
+    from test_transformer import _assert_same_run, _cut_at_step_2
+
+    out, _ = prefs
+    extra = ["trainer.ckpt_every=2", "trainer.ema=0.9", "trainer.grad_accum=2", "dpo.ntp_weight=0.5"]
+    full = train(dpo_cfg(out, tiny_lm, tmp_path / "full", *extra))
+    cut = _cut_at_step_2(full, tmp_path / "cut")
+    train(dpo_cfg(out, tiny_lm, cut, *extra, "resume=true"))
+    _assert_same_run(full, cut)
+
+
+def test_dpo_on_two_processes_gives_the_loss_of_one(tmp_path, prefs, tiny_lm):
+    out, _ = prefs
+    one = train(dpo_cfg(out, tiny_lm, tmp_path / "one", "trainer.max_steps=3", "trainer.ckpt_every=3"))
+    run = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "dpo",
+           *TINY_DPO, f"data.shards={out}", f"init_from={tiny_lm}", f"run_dir={run}", "trainer.max_steps=3",
+           "trainer.ckpt_every=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for ra, rb in zip(rows(one), rows(run)):
+        for key in ("loss", "rewards/margins", "logps/chosen"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5)
+
+
+def test_dpo_refuses_pairs_of_another_vocabulary(tmp_path, prefs, token_dir, run_cli):
+    out, _ = prefs
+    other = tmp_path / "other"  # a model with word pieces: its ids are not the pairs'
+    code, _, err = run_cli("pretrain", "model=tiny", *TINY_DPO, f"data.shards={token_dir}", f"run_dir={other}",
+                           "data.words=8", "trainer.max_steps=1")
+    assert code == 0, err
+    code, stdout, err = run_cli("dpo", *TINY_DPO, f"data.shards={out}", f"init_from={other}", f"run_dir={tmp_path / 'd'}")
+    assert code == 2 and stdout == "" and "vocabulary" in err and _one_error(err)
+    code, _, err = run_cli("dpo", *TINY_DPO, f"data.shards={token_dir}", f"init_from={other}", f"run_dir={tmp_path / 'e'}")
+    assert code != 0 and "make-prefs" in err and _one_error(err)
+    code, _, err = run_cli("dpo", *TINY_DPO, f"data.shards={out}", f"run_dir={tmp_path / 'f'}")
+    assert code == 2 and "init_from" in err
+    code, _, err = run_cli("dpo", *TINY_DPO, f"data.shards={out}", f"init_from={other}", "dpo.loss_type=hinge",
+                           f"run_dir={tmp_path / 'g'}")
+    assert code == 2 and "loss_type" in err
