@@ -12,6 +12,8 @@ so a killed writer never leaves a half shard under a final name.
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import json
 import multiprocessing as mp
@@ -241,6 +243,24 @@ def prepare_out_dir(out_dir: str | os.PathLike, prefix: str = "shard", overwrite
     if old and not overwrite:
         raise UserError(f"{out_dir} already holds {len(old)} shard(s); pass --overwrite to replace them")
     return old
+
+
+@contextlib.contextmanager
+def new_shard_set(out_dir: str | os.PathLike, shard_size: int, prefix: str = "shard",
+                  overwrite: bool = False) -> Iterator[ShardWriter]:
+    """A ShardWriter for a new set of shards in `out_dir` (refused over an old set unless `overwrite`). On
+    success the last shard is closed and what is left of the old set removed; on an error the shard in
+    progress is dropped and the old set's remaining shards stay."""
+    old = prepare_out_dir(out_dir, prefix, overwrite)
+    writer = ShardWriter(out_dir, shard_size, prefix)
+    try:
+        yield writer
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for stale in set(old) - set(writer.written):
+        stale.unlink(missing_ok=True)
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from arlm import checkpoint
 from arlm.config import DataConfig, TrainTokenizerConfig
 from arlm.data.loader import ShardLoader, resize_crop
-from arlm.data.shards import ShardWriter, prepare_out_dir
+from arlm.data.shards import new_shard_set
 from arlm.errors import UserError
 from arlm.log import log, progress
 from arlm.synth import parse_size
@@ -156,29 +156,19 @@ def pretokenize(tok: Loaded, data: DataConfig, out_dir: str | Path, shard_size: 
         raise UserError(f"data.size {data.size} is not a multiple of the tokenizer's stride {tok.model.stride}")
     loader = ShardLoader(data, repeat=False)
     prefix = "shard" if loader.world_size == 1 else f"shard-r{loader.rank:03d}"
-    old = prepare_out_dir(out_dir, prefix, overwrite)
-    writer = ShardWriter(out_dir, shard_size, prefix)
     dtype = token_dtype(tok.model.codebook_size)
     n = 0
-    try:
-        with progress() as bar:
-            task = bar.add_task("pretokenize", total=None, info="")
-            for batch in loader:
-                tokens = tok.encode(batch["image"]).numpy().astype(dtype)  # (B, h, w)
-                for key, caption, meta, codes in zip(batch["key"], batch["caption"], batch["meta"], tokens):
-                    buf = io.BytesIO()
-                    np.save(buf, codes)
-                    record = {**(meta or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
-                    writer.write(key, {"npy": buf.getvalue(), "txt": caption.encode(), "json": json.dumps(record).encode()})
-                n += len(batch["key"])
-                bar.update(task, completed=n, info=f"{n} samples")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    for p in old:
-        if p not in writer.written:
-            p.unlink(missing_ok=True)
+    with new_shard_set(out_dir, shard_size, prefix, overwrite) as writer, progress() as bar:
+        task = bar.add_task("pretokenize", total=None, info="")
+        for batch in loader:
+            tokens = tok.encode(batch["image"]).numpy().astype(dtype)  # (B, h, w)
+            for key, caption, meta, codes in zip(batch["key"], batch["caption"], batch["meta"], tokens):
+                buf = io.BytesIO()
+                np.save(buf, codes)
+                record = {**(meta or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
+                writer.write(key, {"npy": buf.getvalue(), "txt": caption.encode(), "json": json.dumps(record).encode()})
+            n += len(batch["key"])
+            bar.update(task, completed=n, info=f"{n} samples")
     info = {"tokenizer": str(tok.ckpt), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
             "grid": list(grid), "size": [h, w], "samples": n, "shards": [str(p) for p in writer.written],
             "skipped": loader.skips.as_dict()}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from arlm.config import MakePrefsConfig
-from arlm.data.shards import ShardWriter, encode_png, prepare_out_dir
+from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
 from arlm.errors import ConfigError
 from arlm.judge import parse_caption, score
 from arlm.log import log, progress
@@ -46,6 +46,7 @@ from arlm.transformer.dpo import PREFS_FILE
 from arlm.transformer.evaluate import Judged, grammar_prompts, read_prompt_file, sample_and_judge
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sample import Request, Sampler, Settings, image_seed
+from arlm.tokenizer.codec import token_dtype
 from arlm.transformer.sequence import Vocab
 
 PAIR_MODES = ("best-worst", "all")
@@ -149,7 +150,7 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     for p in prompts:
         sampler.check(p)
     out = Path(cfg.out)
-    old = prepare_out_dir(out, overwrite=cfg.overwrite)
+    prepare_out_dir(out, overwrite=cfg.overwrite)  # refuse an old set now, before minutes of sampling
 
     jobs = [(p, i) for p in prompts for i in range(cfg.k)]
     with progress() as bar:
@@ -175,10 +176,9 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     ref_c = reference_logps(model, sampler.vocab, [j.prompt for j in chosen], torch.stack([j.codes for j in chosen]))
     ref_r = reference_logps(model, sampler.vocab, [j.prompt for j in rejected], torch.stack([j.codes for j in rejected]))
 
-    dtype = np.int16 if sampler.vocab.codebook_size <= 2**15 else np.int32
-    writer = ShardWriter(out, cfg.shard_size)
+    dtype = token_dtype(sampler.vocab.codebook_size)
     kinds = Counter()
-    try:
+    with new_shard_set(out, cfg.shard_size, overwrite=cfg.overwrite) as writer:
         for n, ((p, c, r), jc, jr, lc, lr) in enumerate(zip(pairs, chosen, rejected, ref_c, ref_r)):
             expect = parse_caption(p)
             kind = expect.kind if expect else None
@@ -193,13 +193,6 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
                 files[f"{side}.npy"] = buf.getvalue()
                 files[f"{side}.png"] = encode_png(j.image)
             writer.write(f"{n:07d}", files)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    for path in old:
-        if path not in writer.written:
-            path.unlink(missing_ok=True)
 
     grid = list(sampler.grid)
     (out / "tokens.json").write_text(json.dumps({"tokenizer": sampler.vocab.tokenizer, "grid": grid,
