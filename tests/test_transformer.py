@@ -137,7 +137,7 @@ def test_model_is_causal_and_the_cache_equals_recomputation(extra):
 
 
 def test_loss_goes_down_on_a_fixed_batch():
-    from arlm.transformer.train import token_loss
+    from arlm.transformer.objectives import token_loss
 
     torch.manual_seed(0)
     vocab = Vocab(codebook_size=16)

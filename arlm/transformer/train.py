@@ -40,7 +40,7 @@ from arlm.transformer import parallel
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
 from arlm.transformer.data import Batches, caption_words, token_info
 from arlm.transformer.model import Transformer
-from arlm.transformer.objectives import NextToken, token_loss  # noqa: F401  (token_loss: the scripts' import)
+from arlm.transformer.objectives import NextToken
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
 from arlm.transformer.sequence import LayoutError, Vocab
@@ -49,6 +49,7 @@ from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device,
 from arlm.viz import contact_sheet, line_plot
 
 STAGES = ("pretrain", "sft", "dpo")
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay on matmul weights only: norms, biases and embeddings (the tied head included) keep theirs."""
