@@ -106,6 +106,19 @@ def read_prompt_file(path: str) -> list[str]:
     return lines
 
 
+def choose_prompts(cfg) -> list[str]:
+    """The prompts a config names: its prompts file, else `per_kind` captions of each of its `kinds` from the
+    grammar (`prompt_seed`); eval generator's and make-prefs's configs share these keys."""
+    from arlm.errors import ConfigError
+    from arlm.synth import KINDS
+
+    if cfg.prompts is not None:
+        return read_prompt_file(cfg.prompts)
+    if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
+        raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
+    return grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
+
+
 def image_jobs(prompts: Sequence[str], n: int) -> list[tuple[str, int]]:
     """(prompt, image index) for n images per prompt; a prompt listed twice takes the next indices, so no
     image is drawn (and counted) twice."""
@@ -159,12 +172,7 @@ def eval_generator(ckpt: str, cfg) -> dict:
 
     if cfg.n < 1 or cfg.batch_size < 1 or not cfg.seeds:
         raise ConfigError("n and batch_size must be at least 1, and seeds must name at least one seed")
-    if cfg.prompts is None:
-        if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
-            raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
-        prompts = grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
-    else:
-        prompts = read_prompt_file(cfg.prompts)
+    prompts = choose_prompts(cfg)
     parsed = [p for p in prompts if parse_caption(p) is not None]
     unparsed = len(prompts) - len(parsed)
     if not parsed:

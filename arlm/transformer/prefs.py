@@ -43,7 +43,7 @@ from arlm.errors import ConfigError
 from arlm.judge import parse_caption, score
 from arlm.log import log, progress
 from arlm.transformer.dpo import PREFS_FILE
-from arlm.transformer.evaluate import Judged, grammar_prompts, read_prompt_file, sample_and_judge
+from arlm.transformer.evaluate import Judged, choose_prompts, sample_and_judge
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sample import Request, Sampler, Settings, image_seed
 from arlm.tokenizer.codec import token_dtype
@@ -118,20 +118,6 @@ def reference_logps(model, vocab: Vocab, prompts: list[str], codes: torch.Tensor
     return out
 
 
-def _prompts(cfg: MakePrefsConfig) -> list[str]:
-    from arlm.synth import KINDS
-
-    if cfg.labels:
-        return []
-    if cfg.prompts is not None:
-        prompts = read_prompt_file(cfg.prompts)
-    else:
-        if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
-            raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
-        prompts = grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
-    return list(dict.fromkeys(prompts))
-
-
 def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     """`arimg make-prefs` (cfg: arlm.config.MakePrefsConfig); the JSON report."""
     from arlm.viz import contact_sheet
@@ -144,7 +130,7 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
         raise ConfigError(f"margin must be at least 0, got {cfg.margin}")
     labels = read_labels(cfg.labels, cfg.k) if cfg.labels else None
     reward = None if labels or cfg.reward == "judge" else load_reward(cfg.reward)
-    prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else _prompts(cfg)
+    prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else list(dict.fromkeys(choose_prompts(cfg)))
     settings = Settings.from_config(cfg.sampling)
     sampler = Sampler(ckpt, settings, Request(), cfg.device, ema=False)
     for p in prompts:
@@ -168,8 +154,8 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     pairs = ([(p, c, r) for p, c, r in labels] if labels else
              [(p, c, r) for p in prompts for c, r in choose_pairs(rewards[p], cfg.margin, cfg.pairs)])
     if not pairs:
-        raise ConfigError(f"no pair of samples differs by the margin {cfg.margin} in reward over {len(prompts)} prompt(s) "
-                        f"x {cfg.k} samples: lower margin or raise k")
+        raise ConfigError(f"no pair of samples differs by the margin {cfg.margin} in reward over {len(prompts)} "
+                          f"prompt(s) x {cfg.k} samples: lower margin or raise k")
     chosen = [by_prompt[p][c] for p, c, _ in pairs]
     rejected = [by_prompt[p][r] for p, _, r in pairs]
     model = sampler.model.float()
