@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--tokens", help="token shards (arimg pretokenize)")
     ap.add_argument("--budget", type=float, default=600, help="seconds of training, start-up excluded")
     ap.add_argument("--steps", type=int, default=None,
-                    help="train this many steps instead (no probe): for long runs, from a rate measured on an idle machine")
+                    help="train this many steps instead (no probe): for long runs, from a rate measured on an "
+                         "idle machine")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
     ap.add_argument("--eval-only", default=None, help="judge this trained run instead of training one")
     ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: report their loss")
@@ -108,7 +109,8 @@ def main() -> None:
                 log.info("%s: %.2f steps/s after start-up: %d steps in %.0f s", args.name, rate, steps, args.budget)
             t0 = time.perf_counter()
             train(pretrain_config(args, run, steps, []))
-            row.update(tokens=args.tokens, budget_s=None if args.steps else args.budget, steps=steps, train_wall_s=round(time.perf_counter() - t0))
+            row.update(tokens=args.tokens, budget_s=None if args.steps else args.budget, steps=steps,
+                       train_wall_s=round(time.perf_counter() - t0))
         ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
                                                   f"out={run}/eval-{args.name}",
                                                   *[f"sampling.{kv}" for kv in args.sampling]]))

@@ -13,7 +13,6 @@ so a killed writer never leaves a half shard under a final name.
 from __future__ import annotations
 
 import contextlib
-
 import io
 import json
 import multiprocessing as mp

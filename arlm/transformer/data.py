@@ -187,7 +187,8 @@ class Batches:
 
     # --- what every mode shares -------------------------------------------------------------------------
     def _encode(self, caption: bytes) -> list[int]:
-        return self.vocab.encode_text(caption.decode("utf-8")) if self.vocab.words else list(caption)
+        # bytes as they are; for word pieces, text (a caption cut at MAX_TEXT may end inside a character)
+        return self.vocab.encode_text(caption.decode("utf-8", errors="replace")) if self.vocab.words else list(caption)
 
     def _dropout(self, step: int) -> torch.Tensor:
         """(local,) True where this rank's captions are dropped at `step`: one draw for the global batch."""

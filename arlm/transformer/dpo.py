@@ -71,10 +71,11 @@ class Preference:
     """The objective of `arimg dpo` (see the module docstring); micro-batches from `PrefBatches`."""
 
     shown = ("loss", "rewards/margins", "rewards/accuracies")  # on the progress bar
-    n_stats = 9  # [loss, pairs, chosen reward, rejected reward, correct, chosen logp, rejected logp, chosen nll, tokens]
+    plots = {"loss.png": (("loss",), False),
+             "rewards.png": (("rewards/chosen", "rewards/rejected", "rewards/margins"), False)}
+    n_stats = 8  # [loss, pairs, chosen reward, rejected reward, correct, chosen logp, rejected logp, chosen nll]
 
     def __init__(self, cfg: DPOConfig, reference: torch.nn.Module | None = None) -> None:
-        check_config(cfg)
         self.cfg, self.reference = cfg, reference
 
     def norm(self, micro) -> torch.Tensor:
@@ -93,7 +94,7 @@ class Preference:
         obj = losses.sum() + (self.cfg.ntp_weight * nll.sum() if self.cfg.ntp_weight > 0 else 0.0)
         stats = torch.stack([losses.sum(), torch.tensor(float(m), device=tokens.device), chosen.sum(),
                              rejected.sum(), (chosen > rejected).float().sum(), logps[:m].sum(), logps[m:].sum(),
-                             nll.sum(), n_vis.sum().float()]).detach()
+                             nll.sum()]).detach()
         return obj, stats
 
     def metrics(self, s: list[float]) -> dict[str, float]:

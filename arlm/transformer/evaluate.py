@@ -9,7 +9,8 @@ captions of `arimg data synth --seed prompt_seed`, one kind at a time; training 
 prompts file, samples `n` images per prompt for each sampling seed at the sampling settings of `arimg
 sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread) and
 the judge's graded score (partial credit, `arlm.judge.score`), the word exact-match rate, and diversity: the
-share of distinct token grids among one prompt's images and the mean pixel distance between them. It writes every image, `verdicts.jsonl` and a contact sheet per kind.
+share of distinct token grids among one prompt's images and the mean pixel distance between them. It writes
+every image, `verdicts.jsonl` and a contact sheet per kind.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ class NextToken:
 
     n_stats = 4  # [weighted ce, weight, visual ce, visual count]
     shown = ("loss", "loss_visual")  # on the progress bar
+    plots = {"loss.png": (("loss", "loss_visual"), True)}  # file: (metrics, log scale)
 
     def __init__(self, cfg: TrainTransformerConfig, device: torch.device) -> None:
         self.weights, self.z_loss = region_weights(cfg, device), cfg.loss.z_loss

@@ -43,6 +43,7 @@ from arlm.errors import ConfigError
 from arlm.judge import parse_caption, score
 from arlm.log import log, progress
 from arlm.transformer.dpo import PREFS_FILE
+from arlm.transformer.data import pad_text
 from arlm.transformer.evaluate import Judged, choose_prompts, sample_and_judge
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sample import Request, Sampler, Settings, image_seed
@@ -103,8 +104,6 @@ def choose_pairs(rewards: list[float], margin: float, mode: str) -> list[tuple[i
 @torch.no_grad()
 def reference_logps(model, vocab: Vocab, prompts: list[str], codes: torch.Tensor, batch_size: int = 32) -> list[float]:
     """log p(codes | prompt) of each (prompt, (h, w) codes) under `model`, in fp32: what DPO compares with."""
-    from arlm.transformer.data import pad_text
-
     device = next(model.parameters()).device
     h, w = codes.shape[1:]
     out = []

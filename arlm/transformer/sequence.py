@@ -116,8 +116,8 @@ class Vocab:
 
     def compatible(self, other: "Vocab") -> bool:
         """Same ids for the same things (the tokenizer path may differ, its codebook may not)."""
-        return ((self.codebook_size, self.max_grid, self.text, tuple(self.words))
-                == (other.codebook_size, other.max_grid, other.text, tuple(other.words)))
+        return ((self.codebook_size, self.max_grid, self.text, self.words)
+                == (other.codebook_size, other.max_grid, other.text, other.words))
 
     # --- text -------------------------------------------------------------------------------------------
     @cached_property

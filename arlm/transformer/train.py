@@ -22,6 +22,7 @@ equal those of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import resource
 import time
@@ -83,7 +84,7 @@ def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, device: torch.
         return Batches(cfg.data, *args), NextToken(cfg, device)
     from arlm.transformer import dpo
 
-    dpo.check_config(cfg.dpo)
+    dpo.check_config(cfg.dpo)  # before loading a reference model
     reference = None
     if cfg.dpo.reference == "live":  # the initial weights, also after a resume
         start = checkpoint.resolve(cfg.init_from, KIND)
@@ -122,15 +123,14 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
     resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
     saved_vocab = _setup_model_config(cfg, resume_from or init)
     info = token_info(cfg.data.shards)
-    if saved_vocab is None:
-        vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=caption_words(cfg.data, info))
-    else:  # a checkpoint's model keeps its ids, the word list included
-        vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=saved_vocab.words)
+    # a checkpoint's model keeps its ids, the word list included; a new one counts its words in the data
+    words = saved_vocab.words if saved_vocab is not None else caption_words(cfg.data, info)
+    vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=words)
+    if saved_vocab is not None:
         if not saved_vocab.compatible(vocab):
             raise LayoutError(f"the data's vocabulary (codebook {vocab.codebook_size}) is not the checkpoint's "
                               f"(codebook {saved_vocab.codebook_size}, grid up to {saved_vocab.max_grid})")
-        vocab = Vocab(vocab.codebook_size, vocab.tokenizer or saved_vocab.tokenizer, saved_vocab.max_grid,
-                      grid=vocab.grid, words=saved_vocab.words)
+        vocab = dataclasses.replace(vocab, tokenizer=vocab.tokenizer or saved_vocab.tokenizer)
     for prompt in cfg.sample.prompts:
         check_prompt(vocab, prompt, *info.grid, cfg.model.max_seq_len)
 
@@ -174,7 +174,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
     peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
     log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
              cfg.stage, model.num_params() / 1e6, cfg.data.batch_size, batches.seq_len, world, tc.grad_accum, precision)
-    pictures = SamplePictures(cfg, vocab, info.grid, run, rank, precision)
+    pictures = SamplePictures(cfg, vocab, info.grid, run, rank, precision, objective.plots)
 
     def save() -> None:
         weights = {"model": parallel.model_state(model)}
@@ -238,8 +238,10 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
 class SamplePictures:
     """Sample grids of the fixed prompts (EMA weights when kept), judged; loss and judge plots."""
 
-    def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, grid, run: Path, rank: int, precision: str) -> None:
+    def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, grid, run: Path, rank: int, precision: str,
+                 plots: dict[str, tuple[tuple[str, ...], bool]]) -> None:
         self.cfg, self.vocab, self.grid, self.run, self.rank, self.precision = cfg, vocab, tuple(grid), run, rank, precision
+        self.plots = plots  # the objective's: file name -> (metrics, log scale)
         self._tokenizer = None
         self.enabled = bool(cfg.sample.prompts) and cfg.sample.n > 0
         if self.enabled:  # decided alike in every process: under FSDP all of them must sample together
@@ -259,9 +261,8 @@ class SamplePictures:
     def write(self, step: int, model: Transformer, ema: EMA | None, metrics: Metrics | None) -> None:
         if metrics:
             rows = metrics.rows()
-            line_plot(rows, ["loss", "loss_visual"], self.run / "loss.png", log_y=self.cfg.stage != "dpo")
-            if self.cfg.stage == "dpo":
-                line_plot(rows, ["rewards/chosen", "rewards/rejected", "rewards/margins"], self.run / "rewards.png")
+            for name, (keys, log_y) in self.plots.items():
+                line_plot(rows, list(keys), self.run / name, log_y=log_y)
         if not self.enabled:
             return
         sc = self.cfg.sample
