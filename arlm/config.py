@@ -12,20 +12,49 @@ fill; `data` is read by `arlm.data.loader`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_module
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from arlm.errors import ConfigError
-from arlm.judge import JudgeConfig
-from arlm.synth import KINDS, single_prompts
+
+# Hydra, OmegaConf and the synthetic grammar are imported where they are used: `arimg --help` reads these
+# dataclasses for its defaults and must not pay for them (scripts/bench_cli.py).
+
+
+def _kinds() -> list[str]:
+    from arlm.synth import KINDS
+
+    return list(KINDS)
+
+
+def _single_prompts() -> list[str]:
+    from arlm.synth import single_prompts
+
+    return single_prompts()
+
+
+@dataclass
+class JudgeConfig:
+    """Every tunable of the judge (plain types, so OmegaConf makes it a structured config)."""
+
+    # RGB distance from a background-to-ink segment beyond which a pixel is not that ink (unknown colour);
+    # between inks the nearest segment decides. 50 loses 3% of JPEG'd objects; 90 measures as 70
+    color_dist: float = 70.0
+    bg_dist: float = 70.0  # border median farther than this from every background colour: no background name
+    # smallest synthetic object: side ceil(min side / 5), a triangle of that side covers ~0.5 of (side / 5)^2
+    min_area: float = 0.25
+    # ink share of the solid cores that tell apart objects blur has joined (> 1: never split; costs 1-2% of
+    # counts after JPEG or a 2x down-up resize)
+    seed_level: float = 0.75
+    shape_tol: float = 0.25  # signature distance beyond which an object is no shape (ideals are >= 0.33 apart)
+    relation_margin: float = 0.0625  # centres apart by this fraction of the side (spec draws >= 1/8; slack for blur)
+    ocr: bool = True  # False: text captions are judged on colour alone
+    tesseract: str = "tesseract"
+    ocr_height: int = 64  # height (px) the word is upscaled to for tesseract: reads 1-3% better than 32 or 48
+    ocr_pad: float = 0.5  # white margin around the word, in letter heights
+    workers: int = 2  # threads running tesseract (a subprocess, so threads do run in parallel)
 
 
 @dataclass
@@ -169,7 +198,7 @@ class SampleConfig:
     """The sample grids written while training: fixed prompts, a plain sampler, judged (arlm.judge)."""
 
     # every single-object caption of the synthetic grammar (SYNTH.md): 6 colours x 3 shapes
-    prompts: list[str] = field(default_factory=single_prompts)
+    prompts: list[str] = field(default_factory=_single_prompts)
     n: int = 2  # images per prompt
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
@@ -221,7 +250,7 @@ class EvalGeneratorConfig:
     """`arimg eval generator`: sample held-out prompts of every kind, judge each image, accuracy per kind."""
 
     prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # grammar prompts: these kinds
+    kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
     per_kind: int = 50  # grammar prompts: this many of each kind
     prompt_seed: int = 1  # grammar prompts: the captions of `arimg data synth --seed` this (held out: not 0)
     n: int = 4  # images per prompt and sampling seed
@@ -240,7 +269,7 @@ class MakePrefsConfig:
     """`arimg make-prefs`: preference pairs from a model's own samples, scored by a reward (arlm.transformer.prefs)."""
 
     prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # grammar prompts: these kinds
+    kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
     per_kind: int = 100  # grammar prompts: this many of each kind
     prompt_seed: int = 0  # grammar prompts: the captions of `arimg data synth --seed` this (0: the training set's)
     k: int = 8  # samples per prompt
@@ -275,7 +304,10 @@ ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": Eva
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 
 
+@functools.cache
 def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     for name, schema in ROOTS.items():
         cs.store(name=f"{name}_schema", node=schema)
@@ -284,11 +316,11 @@ def _register() -> None:
         cs.store(group=group, name=f"{group}_schema", node=schema)
 
 
-_register()
-
-
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf messages span lines (full_key, object_type, hints): keep what a user needs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     lines = [ln.strip() for ln in str(exc).splitlines()]
     # drop OmegaConf's context lines and Hydra's hints to append (+key=...): unknown keys stay errors here
     keep = [ln for ln in lines if ln and not re.match(r"(full_key|object_type|reference_type|value|msg)[:=]|To append", ln)]
@@ -304,6 +336,12 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """The resolved, validated config of root `name` (an OmegaConf DictConfig backed by its schema)."""
     if name not in ROOTS:
         raise ConfigError(f"no config named {name!r}")
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register()
     try:
         with initialize_config_module(config_module="conf", version_base=None):
             cfg = hydra_compose(config_name=name, overrides=list(overrides))
@@ -317,9 +355,13 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
 
 
 def to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_yaml(cfg)
 
 
 def to_object(cfg: Any) -> Any:
     """Dataclass instances for library code."""
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_object(cfg)

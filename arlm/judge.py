@@ -36,32 +36,11 @@ from PIL import Image
 from scipy import ndimage
 
 from arlm import ocr
+from arlm.config import JudgeConfig
 from arlm.synth import BACKGROUNDS, COLORS, KINDS, NUMBERS, RELATIONS, SHAPES, article, relation_holds
 
 ImageLike = Image.Image | np.ndarray
 OUTSIDE = "caption outside the synthetic grammar"
-
-
-@dataclass
-class JudgeConfig:
-    """Every tunable of the judge (plain types, so OmegaConf makes it a structured config)."""
-
-    # RGB distance from a background-to-ink segment beyond which a pixel is not that ink (unknown colour);
-    # between inks the nearest segment decides. 50 loses 3% of JPEG'd objects; 90 measures as 70
-    color_dist: float = 70.0
-    bg_dist: float = 70.0  # border median farther than this from every background colour: no background name
-    # smallest synthetic object: side ceil(min side / 5), a triangle of that side covers ~0.5 of (side / 5)^2
-    min_area: float = 0.25
-    # ink share of the solid cores that tell apart objects blur has joined (> 1: never split; costs 1-2% of
-    # counts after JPEG or a 2x down-up resize)
-    seed_level: float = 0.75
-    shape_tol: float = 0.25  # signature distance beyond which an object is no shape (ideals are >= 0.33 apart)
-    relation_margin: float = 0.0625  # centres apart by this fraction of the side (spec draws >= 1/8; slack for blur)
-    ocr: bool = True  # False: text captions are judged on colour alone
-    tesseract: str = "tesseract"
-    ocr_height: int = 64  # height (px) the word is upscaled to for tesseract: reads 1-3% better than 32 or 48
-    ocr_pad: float = 0.5  # white margin around the word, in letter heights
-    workers: int = 2  # threads running tesseract (a subprocess, so threads do run in parallel)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Any
 
 import typer
 
-from arlm.config import compose, to_object, to_yaml
 from arlm.errors import UserError
 
 OVERRIDES_HELP = "Hydra overrides, key=value (see --print-config for the keys)."
@@ -17,6 +16,8 @@ PRINT_CONFIG_HELP = "Print the resolved config as YAML to stdout and exit."
 
 def configured(name: str, overrides: list[str] | None, print_config: bool) -> Any:
     """The typed config of command `name`; with --print-config, print it and stop."""
+    from arlm.config import compose, to_object, to_yaml
+
     cfg = compose(name, overrides or [])
     if print_config:
         sys.stdout.write(to_yaml(cfg))

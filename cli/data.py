@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from arlm import synth
-from arlm.data.inspect import inspect_shards
-from arlm.data.writers import pack, write_synth
 from cli.common import emit, emit_path
 
 app = typer.Typer(help="Make, pack and inspect image shards (webdataset tar: .png/.jpg + .txt + .json).",
@@ -20,12 +17,15 @@ def synth_cmd(
     n: int = typer.Option(1000, "--n", help="Number of samples."),
     size: str = typer.Option("64", help="Image size: N (square) or HxW, e.g. 64x128."),
     seed: int = typer.Option(0, help="The same seed gives the same bytes."),
-    kinds: str = typer.Option(",".join(synth.KINDS), help="Comma-separated subset of single,count,relation,text."),
+    kinds: str = typer.Option("single,count,relation,text", help="Comma-separated subset of these kinds."),
     shard_size: int = typer.Option(1000, help="Samples per shard."),
     out: Path = typer.Option(Path("data/synth"), help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace shards already in the output folder."),
 ) -> None:
     """Write the synthetic data set (shapes, counts, relations, words; SYNTH.md). Prints shard paths."""
+    from arlm import synth
+    from arlm.data.writers import write_synth
+
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     for path in write_synth(out, n, synth.parse_size(size), seed, kind_list, shard_size, overwrite):
         emit_path(path)
@@ -40,6 +40,8 @@ def pack_cmd(
     overwrite: bool = typer.Option(False, help="Replace shards already in the output folder."),
 ) -> None:
     """Pack your own captioned images into shards. Prints shard paths; unusable images are skipped and counted."""
+    from arlm.data.writers import pack
+
     for path in pack(src, out, shard_size, overwrite):
         emit_path(path)
 
@@ -52,4 +54,6 @@ def inspect_cmd(
     limit: int = typer.Option(None, help="Read only the first N samples."),
 ) -> None:
     """Counts, caption and image-size statistics as JSON on stdout, and a contact sheet of the first samples."""
+    from arlm.data.inspect import inspect_shards
+
     emit(inspect_shards(shards, sheet, sheet_n, limit))

@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from arlm.evaluation import eval_images
 from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit
 
 app = typer.Typer(help="Measure images against their captions, tokenizers and generators.", no_args_is_help=True)
@@ -20,6 +19,8 @@ def images_cmd(
     print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
 ) -> None:
     """Judge whether each image shows its caption (synthetic grammar); per-kind accuracy as JSON on stdout."""
+    from arlm.evaluation import eval_images
+
     cfg = configured("eval_images", overrides, print_config)
     emit(eval_images(src, cfg))
 
