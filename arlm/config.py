@@ -343,7 +343,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
 
     _register()
     try:
-        with initialize_config_module(config_module="conf", version_base=None):
+        with initialize_config_module(config_module="arlm.conf", version_base=None):
             cfg = hydra_compose(config_name=name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
         missing = sorted(OmegaConf.missing_keys(cfg))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import emit, emit_path
+from arimg.common import emit, emit_path
 
 app = typer.Typer(help="Make, pack and inspect image shards (webdataset tar: .png/.jpg + .txt + .json).",
                   no_args_is_help=True)

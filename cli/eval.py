@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit
+from arimg.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit
 
 app = typer.Typer(help="Measure images against their captions, tokenizers and generators.", no_args_is_help=True)
 

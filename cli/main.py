@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from cli import data, eval as eval_cmds, sample, tokenizer, transformer
+from arimg import data, eval as eval_cmds, sample, tokenizer, transformer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from arlm.config import SamplingConfig
-from cli.common import emit, report
+from arimg.common import emit, report
 
 DEFAULT = SamplingConfig()  # one home for the sampling defaults: arimg sample and arimg eval generator
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from arlm.config import to_yaml
-from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, emit_path, report
+from arimg.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, emit_path, report
 
 
 def train_tokenizer(

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from arlm.config import to_yaml
-from cli.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, emit_path
+from arimg.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, emit_path
 
 
 def _run(stage: str, overrides: list[str] | None, print_config: bool) -> None:

@@ -46,7 +46,7 @@ def token_dir(tmp_path_factory, synth_dir, tiny_run):
 @pytest.fixture
 def run_cli(capsys):
     """Run `arimg ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from cli.main import main
+    from arimg.main import main
 
     def run(*args: str):
         code = main([str(a) for a in args])

@@ -110,7 +110,7 @@ def test_print_config(run_cli, synth_dir):
 
 
 def _commands(group=None):
-    from cli.main import app
+    from arimg.main import app
     import typer.main
     cmd = typer.main.get_command(app)
     names = []
@@ -134,7 +134,7 @@ def test_every_command_has_real_help(run_cli):
 
 
 def test_console_script_and_module_entry(tmp_path):
-    exe = [sys.executable, "-m", "cli.main"]
+    exe = [sys.executable, "-m", "arimg"]
     r = subprocess.run(exe + ["data", "synth", "--n", "3", "--out", str(tmp_path), "--size", "32"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().endswith("shard-000000.tar")
@@ -185,7 +185,7 @@ def test_sigkill_while_writing_leaves_only_complete_shards(tmp_path):
     from arlm.data.shards import SkipCounter, read_shards
 
     out = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "data", "synth", "--n", "100000", "--shard-size", "200",
+    proc = subprocess.Popen([sys.executable, "-m", "arimg", "data", "synth", "--n", "100000", "--shard-size", "200",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     first = proc.stdout.readline()  # a path is printed once its shard is complete
     time.sleep(0.3)
@@ -197,6 +197,6 @@ def test_sigkill_while_writing_leaves_only_complete_shards(tmp_path):
     assert sum(1 for _ in read_shards([str(p) for p in shards], skips)) == 200 * len(shards)
     assert skips.total == 0
     # a rerun clears the dead writer's temp file
-    r = subprocess.run([sys.executable, "-m", "cli.main", "data", "synth", "--n", "10", "--out", str(out), "--overwrite"],
+    r = subprocess.run([sys.executable, "-m", "arimg", "data", "synth", "--n", "10", "--out", str(out), "--overwrite"],
                        capture_output=True)
     assert r.returncode == 0 and [p.name for p in out.iterdir()] == ["shard-000000.tar"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import conf
+import arlm.conf as conf
 from arlm.config import GROUPS, EvalImagesConfig, compose, to_object
 from arlm.errors import ConfigError
 from arlm.judge import JudgeConfig

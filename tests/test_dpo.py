@@ -220,7 +220,7 @@ def test_dpo_on_two_processes_gives_the_loss_of_one(tmp_path, prefs, tiny_lm):
     out, _ = prefs
     one = train(dpo_cfg(out, tiny_lm, tmp_path / "one", "trainer.max_steps=3", "trainer.ckpt_every=3"))
     run = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cli.main", "dpo",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "arimg", "dpo",
            *TINY_DPO, f"data.shards={out}", f"init_from={tiny_lm}", f"run_dir={run}", "trainer.max_steps=3",
            "trainer.ckpt_every=3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

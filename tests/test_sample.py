@@ -146,7 +146,7 @@ def test_sample_bad_inputs(run_cli, tiny_lm, tmp_path):
 
 
 def test_stdin_is_streamed_and_bad_lines_go_on(tiny_lm, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sample", "--ckpt", str(tiny_lm), "--prompt", "-",
+    proc = subprocess.Popen([sys.executable, "-m", "arimg", "sample", "--ckpt", str(tiny_lm), "--prompt", "-",
                              "--out", str(tmp_path / "s"), "--cfg", "1"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(b"a red circle\n")

@@ -300,7 +300,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, token_dir, pretrai
 
 def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path, token_dir):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
+    args = [sys.executable, "-m", "arimg", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
             "trainer.max_steps=100000", "trainer.ckpt_every=1", "trainer.log_every=1000", "trainer.image_every=100000",
             "model.dim=128", "overwrite=true"]
     for delay in (0.0, 0.1, 0.3):
@@ -324,7 +324,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path,
 def _torchrun(tmp_path, token_dir, name, nproc, *extra, steps=3, ckpt_every=3):
     run = tmp_path / name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "cli.main", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
+           "-m", "arimg", "pretrain", *TINY, f"data.shards={token_dir}", f"run_dir={run}",
            f"trainer.max_steps={steps}", "trainer.image_every=100", f"trainer.ckpt_every={ckpt_every}",
            "loss.z_loss=1e-4", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
