@@ -10,7 +10,7 @@ DEMO_N ?= 40000
 PRECISION ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo bench clean
+.PHONY: help install test test-slow demo bench clean clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,30 +31,82 @@ test: install  ## the fast test set (under 10 minutes on 2 CPU cores)
 test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
 
-demo: install  ## synthetic set -> judge -> generation tokenizer -> token shards -> pretrain -> SFT -> eval generator
+# ---------------------------------------------------------------------------------------------------------
+# make demo: every stage on the synthetic set, each a target on its output (a stamp written when the stage
+# has finished), so that a second `make demo` after an interruption reuses what is done and resumes a
+# training stage from its last checkpoint. Each stage's wall time is appended to $(DEMO)/times.tsv.
+TIMED = $(PY) scripts/timed.py $(DEMO)/times.tsv
+# a training stage resumes its run when it has a checkpoint newer than its input, else starts afresh
+resume = $$(test $(1)/checkpoints/latest -nt $< && echo resume=true || echo overwrite=true)
+# the demo's evaluations: held-out prompts, 100 images per kind, sampling seed 0 (docs/results.md has the
+# 3-seed figures)
+DEMO_EVAL ?= per_kind=25 n=4
+# the demo's preference stage: 50 training prompts per kind, 8 samples each; a short DPO
+DEMO_PREFS ?= per_kind=50
+DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1
+TRAIN_ARGS = trainer.precision=$(PRECISION)
+
+demo: $(DEMO)/summary.md  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
+	@cat $(DEMO)/summary.md
+
+$(DEMO)/synth.done: $(VENV)/.installed
 	mkdir -p $(DEMO)
-	$(ARIMG) data synth --n $(DEMO_N) --out $(SYNTH) --overwrite
-	$(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite
-	$(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
-	$(ARIMG) eval images $(SYNTH)-val > $(DEMO)/judge.json
-	$(ARIMG) train-tokenizer tokenizer=gen trainer=tokenizer_gen run_dir=$(RUNS)/tok-gen data.shards=$(SYNTH) overwrite=true \
-		trainer.precision=$(PRECISION)
-	$(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen > $(DEMO)/tokenizer.json
-	$(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-gen --out $(SYNTH)-tok --overwrite > /dev/null
-	$(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok overwrite=true trainer.precision=$(PRECISION)
-	$(ARIMG) sft init_from=$(RUNS)/pretrain run_dir=$(RUNS)/sft data.shards=$(SYNTH)-tok overwrite=true \
-		trainer.precision=$(PRECISION)
-	$(ARIMG) eval generator --ckpt $(RUNS)/sft 'seeds=[0,1,2]' out=$(DEMO)/generator > $(DEMO)/generator.json
-	$(ARIMG) sample --ckpt $(RUNS)/sft -p "a red circle" -p "two blue squares on a white background" \
+	$(TIMED) synth $(ARIMG) data synth --n $(DEMO_N) --out $(SYNTH) --overwrite > /dev/null
+	$(TIMED) synth $(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite > /dev/null
+	$(TIMED) judge $(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
+	$(TIMED) judge $(ARIMG) eval images $(SYNTH)-val > $(DEMO)/judge.json
+	touch $@
+
+$(RUNS)/tok-gen/done: $(DEMO)/synth.done
+	$(TIMED) tokenizer $(ARIMG) train-tokenizer tokenizer=gen trainer=tokenizer_gen run_dir=$(RUNS)/tok-gen \
+		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-gen) $(TRAIN_ARGS) > /dev/null
+	$(TIMED) tokenizer $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen --no-jpeg > $(DEMO)/tokenizer.json
+	touch $@
+
+$(SYNTH)-tok/done: $(RUNS)/tok-gen/done
+	$(TIMED) pretokenize $(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-gen --out $(SYNTH)-tok --overwrite > /dev/null
+	touch $@
+
+$(RUNS)/pretrain/done: $(SYNTH)-tok/done
+	$(TIMED) pretrain $(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok \
+		$(call resume,$(RUNS)/pretrain) $(TRAIN_ARGS) > /dev/null
+	touch $@
+
+$(RUNS)/sft/done: $(RUNS)/pretrain/done
+	$(TIMED) sft $(ARIMG) sft init_from=$(RUNS)/pretrain run_dir=$(RUNS)/sft data.shards=$(SYNTH)-tok \
+		$(call resume,$(RUNS)/sft) $(TRAIN_ARGS) > /dev/null
+	touch $@
+
+$(DEMO)/prefs/done: $(RUNS)/sft/done
+	$(TIMED) make-prefs $(ARIMG) make-prefs --ckpt $(RUNS)/sft out=$(DEMO)/prefs $(DEMO_PREFS) overwrite=true \
+		> $(DEMO)/prefs.json
+	touch $@
+
+$(RUNS)/dpo/done: $(DEMO)/prefs/done
+	$(TIMED) dpo $(ARIMG) dpo init_from=$(RUNS)/sft run_dir=$(RUNS)/dpo data.shards=$(DEMO)/prefs $(DEMO_DPO) \
+		$(call resume,$(RUNS)/dpo) $(TRAIN_ARGS) > /dev/null
+	touch $@
+
+$(DEMO)/eval-%.json: $(RUNS)/%/done
+	$(TIMED) eval-$* $(ARIMG) eval generator --ckpt $(RUNS)/$* $(DEMO_EVAL) out=$(DEMO)/eval-$* > $@.tmp
+	mv $@.tmp $@
+
+$(DEMO)/samples/done: $(RUNS)/dpo/done
+	$(TIMED) samples $(ARIMG) sample --ckpt $(RUNS)/dpo -p "a red circle" -p "two blue squares on a white background" \
 		-p "a green triangle left of a yellow circle" -p 'the word "CAT" in orange' --n 8 --grid \
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
-	@cat $(DEMO)/judge.json $(DEMO)/tokenizer.json $(DEMO)/generator.json
-	@echo "contact sheet: $(DEMO)/contact-sheet.png; reconstructions: $(RUNS)/tok-gen/images/;" \
-		"judged samples per kind: $(DEMO)/generator/sheet-*.png; samples: $(DEMO)/samples/" >&2
+	touch $@
+
+$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
+	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
+	mv $@.tmp $@
 
 bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
 	$(PY) -m pip install -q -e '.[bench]'
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
 
-clean:  ## remove the virtualenv and demo outputs
-	rm -rf $(VENV) $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/sft
+clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
+	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/sft $(RUNS)/dpo
+
+clean: clean-demo  ## remove the virtualenv and the demo's outputs
+	rm -rf $(VENV)

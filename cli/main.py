@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from arimg import data, eval as eval_cmds, sample, tokenizer, transformer
+from arimg import data, eval as eval_cmds, models, sample, tokenizer, transformer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",
@@ -31,6 +31,8 @@ app.command("sft")(transformer.sft)
 app.command("make-prefs")(transformer.make_prefs)
 app.command("dpo")(transformer.dpo)
 app.command("sample")(sample.sample_cmd)
+app.command("info")(models.info_cmd)
+app.command("export")(models.export_cmd)
 
 
 def _fail(message: str, code: int) -> int:

@@ -18,7 +18,8 @@ def sample_cmd(
     prompt: List[str] = typer.Option(..., "--prompt", "-p",
                                      help="A prompt (repeatable); '' samples unconditionally; '-' reads one prompt "
                                           "per line from stdin and samples each as it arrives."),
-    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help="Transformer run, checkpoint or exported model "
+                                                            "(default: the bundled model, see arimg info)."),
     n: int = typer.Option(1, "--n", help="Images per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (twice the rows with guidance)."),
     cfg: float = typer.Option(DEFAULT.cfg, "--cfg", help="Classifier-free guidance scale; 1 = none (docs/results.md)."),
@@ -55,7 +56,14 @@ def sample_cmd(
                         top_k=top_k, top_p=top_p)
     request = Request(n=n, batch_size=batch_size, seed=seed, size=size, grid_sheet=grid, prefix_image=prefix_image,
                       keep_rows=keep_rows, rerank=rerank)
-    sampler = Sampler(ckpt, settings, request, device)
+    if ckpt is None:
+        from arlm.log import log
+        from arlm.modelcard import load_default
+
+        log.info("no --ckpt: sampling from the bundled default model (arimg info default)")
+        sampler = load_default(lambda path: Sampler(str(path), settings, request, device))
+    else:
+        sampler = Sampler(ckpt, settings, request, device)
     stdin = prompt == ["-"]
     prompts = read_prompts(sys.stdin.buffer) if stdin else prompt
     report(sampler.run(prompts, out, eager=stdin, total=None if stdin else len(prompt)), emit)

@@ -25,7 +25,7 @@ def pretrain(
     print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
 ) -> None:
     """Pretrain the transformer on token shards (next-token loss on the whole sequence). Prints the run
-    directory. Several processes: torchrun --nproc-per-node=N -m cli.main pretrain ..."""
+    directory. Several processes: torchrun --nproc-per-node=N -m arimg pretrain ..."""
     _run("pretrain", overrides, print_config)
 
 

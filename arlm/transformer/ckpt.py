@@ -7,6 +7,7 @@ evaluations, make-prefs) goes through here, so neither side imports the other.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from arlm import checkpoint
@@ -15,13 +16,19 @@ from arlm.transformer.sequence import Vocab
 
 KIND = "transformer"
 VOCAB_FILE = "vocab.json"
+TOKENIZER_DIR = "tokenizer"  # an exported model (arlm.modelcard) carries its image tokenizer here
 
 
 def read_vocab(ckpt: Path) -> Vocab:
+    """The vocabulary of a checkpoint; its tokenizer is the one in `tokenizer/` beside the weights when the
+    checkpoint carries one (an exported model), else the path the run recorded."""
     try:
-        return Vocab.from_json((ckpt / VOCAB_FILE).read_text())
+        vocab = Vocab.from_json((ckpt / VOCAB_FILE).read_text())
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: {VOCAB_FILE}: {e}") from None
+    if (ckpt / TOKENIZER_DIR).is_dir():
+        vocab = dataclasses.replace(vocab, tokenizer=str(ckpt / TOKENIZER_DIR))
+    return vocab
 
 
 def load_model(path, device: str = "auto", ema: bool = True):

@@ -1,0 +1,197 @@
+"""What a model is, and a model packed to travel: `arimg info`, `arimg export` and the bundled default model.
+
+An exported model is one checkpoint directory that needs nothing else: the transformer's weights (the EMA
+folded in), its config and vocabulary, its image tokenizer in `tokenizer/` (weights only, no discriminator
+and no optimizer state), and `card.json`, the model card: where it came from (each training stage with its
+steps and data) and the evaluation figures recorded with it. `arlm.transformer.ckpt.read_vocab` reads the
+tokenizer from `tokenizer/` when it is there, so an exported model samples wherever it is copied.
+
+The package ships one such model in `arlm/default/model/` (read with importlib.resources), trained by
+`make train-default`; `arimg sample` uses it when no --ckpt is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from arlm import checkpoint
+from arlm.errors import UserError
+from arlm.transformer.ckpt import TOKENIZER_DIR
+
+CARD_FILE = "card.json"
+DEFAULT = "default"  # `arimg info default`: the bundled model
+REINSTALL = "reinstall arimg (pip install --force-reinstall arimg, or make install in a clone)"
+
+
+def default_model() -> Path:
+    """The bundled model's directory; a one-line error when this install has none or a damaged one."""
+    root = resources.files("arlm.default") / "model"
+    if not isinstance(root, Path):  # a zipped install: torch and safetensors need real files
+        raise UserError("the bundled model needs arimg installed as files, not zipped: " + REINSTALL)
+    for name in ("checkpoint.json", "config.yaml", "model.safetensors", "vocab.json", CARD_FILE,
+                 f"{TOKENIZER_DIR}/checkpoint.json", f"{TOKENIZER_DIR}/config.yaml",
+                 f"{TOKENIZER_DIR}/model.safetensors"):
+        if not (root / name).is_file():
+            raise UserError(f"the bundled default model is missing {root / name}: {REINSTALL}; or pass --ckpt RUN "
+                            f"(make train-default builds it)")
+    return root
+
+
+def load_default(load):
+    """`load(default_model())`, a damaged bundled file reported as such (with what to reinstall)."""
+    path = default_model()
+    try:
+        return load(path)
+    except checkpoint.CheckpointError as e:
+        raise UserError(f"the bundled default model is damaged ({e}): {REINSTALL}") from None
+
+
+def _parameters(ckpt: Path, name: str = "model") -> int:
+    from safetensors import safe_open
+
+    path = ckpt / f"{name}.safetensors"
+    try:
+        with safe_open(str(path), "pt") as f:
+            total = 0
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+            return total
+    except Exception as e:  # safetensors raises its own error types on a damaged header
+        raise checkpoint.CheckpointError(f"corrupt checkpoint file {path}: {' '.join(str(e).split())[:200]}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"corrupt file {path}: {e}") from None
+
+
+def _stage(ckpt: Path) -> dict:
+    """One checkpoint's own facts: kind, step, parameters, the config that matters."""
+    import yaml
+
+    meta = checkpoint.read_meta(ckpt)
+    try:
+        cfg = yaml.safe_load(checkpoint.load_config_yaml(ckpt)) or {}
+    except yaml.YAMLError as e:
+        raise checkpoint.CheckpointError(f"corrupt checkpoint {ckpt}: config.yaml: {' '.join(str(e).split())[:200]}") from None
+    out: dict[str, Any] = {"kind": meta.get("kind"), "step": meta.get("step"), "path": str(ckpt),
+                           "parameters": _parameters(ckpt)}
+    trainer = cfg.get("trainer") or {}
+    out["max_steps"] = trainer.get("max_steps")
+    out["data"] = (cfg.get("data") or {}).get("shards")
+    if meta.get("kind") == "transformer":
+        out["stage"] = cfg.get("stage")
+        out["model"] = cfg.get("model")
+        out["init_from"] = cfg.get("init_from")
+    else:
+        out["tokenizer"] = cfg.get("tokenizer")
+    return out
+
+
+def info(path: str | None) -> dict:
+    """What a run, checkpoint or exported model is (`arimg info`): its kind, step, parameters, config, the
+    stages it was trained in (following init_from), its tokenizer, and the figures of its model card."""
+    from arlm.transformer.ckpt import read_vocab
+
+    ckpt = default_model() if path in (None, DEFAULT) else checkpoint.resolve(path)
+    report = _stage(ckpt)
+    card = ckpt / CARD_FILE
+    if card.is_file():
+        report["card"] = _read_json(card)
+    if report["kind"] == "transformer":
+        vocab = read_vocab(ckpt)
+        report["vocab"] = {"codebook_size": vocab.codebook_size, "grid": vocab.grid, "words": len(vocab.words),
+                           "size": vocab.size}
+        try:
+            report["image_tokenizer"] = _stage(checkpoint.resolve(vocab.tokenizer, "tokenizer"))
+        except checkpoint.CheckpointError as e:
+            report["image_tokenizer"] = {"error": str(e)}
+        if "card" not in report:
+            report["lineage"] = lineage(ckpt)
+    return report
+
+
+def lineage(ckpt: Path) -> list[dict]:
+    """The training stages behind a transformer checkpoint, first stage first (init_from followed back while
+    the runs are still there)."""
+    stages, seen = [], set()
+    while ckpt is not None and ckpt.resolve() not in seen:
+        seen.add(ckpt.resolve())
+        stage = _stage(ckpt)
+        stages.append({k: stage[k] for k in ("stage", "step", "max_steps", "data", "path")})
+        try:
+            ckpt = checkpoint.resolve(stage["init_from"], "transformer") if stage.get("init_from") else None
+        except checkpoint.CheckpointError:
+            stages.append({"stage": "?", "path": stage["init_from"], "missing": True})
+            ckpt = None
+    return stages[::-1]
+
+
+def _folded(ckpt: Path) -> dict:
+    """The weights a reader uses: the EMA's floating-point entries over the model's (integer buffers stay)."""
+    weights = checkpoint.load_weights(ckpt, "model")
+    if (ckpt / "ema.safetensors").is_file():
+        weights.update(checkpoint.load_weights(ckpt, "ema"))
+    return weights
+
+
+def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: str = "", overwrite: bool = False) -> Path:
+    """Pack transformer run or checkpoint `path` and its tokenizer into `out` (see the module docstring),
+    with a model card holding its lineage and the JSON reports in `evals` (e.g. `arimg eval generator`'s).
+    Written into a temporary folder and renamed into place: a kill leaves `out` as it was."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
+
+    ckpt = checkpoint.resolve(path, KIND)
+    vocab = read_vocab(ckpt)
+    tok = checkpoint.resolve(vocab.tokenizer, "tokenizer")
+    dest = Path(out)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise UserError(f"{dest} is not empty: pass --overwrite to replace it")
+    figures = {}
+    for e in evals:
+        report = _read_json(Path(e))
+        figures[Path(e).stem] = {k: report[k] for k in ("accuracy", "per_kind", "words_exact", "diversity", "n",
+                                                       "seeds", "settings") if k in report}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for src, where, extra in ((ckpt, tmp, {VOCAB_FILE: replace(vocab, tokenizer=TOKENIZER_DIR).to_json()}),
+                                  (tok, tmp / TOKENIZER_DIR, {})):
+            where.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in _folded(src).items()}, str(where / "model.safetensors"))
+            meta = checkpoint.read_meta(src)
+            meta["weights"] = ["model"]
+            (where / "checkpoint.json").write_text(json.dumps(meta, indent=1))
+            (where / "config.yaml").write_text(checkpoint.load_config_yaml(src))
+            for fname, text in extra.items():
+                (where / fname).write_text(text)
+        card = {"name": name or dest.name, "exported": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                "from": str(ckpt), "parameters": _parameters(tmp), "tokenizer_parameters": _parameters(tmp / TOKENIZER_DIR),
+                "stages": lineage(ckpt), "image_tokenizer": _stage(tok), "evals": figures}
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+        if dest.exists():
+            old = dest.parent / f".tmp-old-{dest.name}-{os.getpid()}"
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,37 @@
+"""arimg info, export: what a model is, and a model packed to travel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from arimg.common import emit, emit_path
+
+
+def info_cmd(
+    run: Optional[str] = typer.Argument(None, help="Run, checkpoint or exported model; 'default' or nothing: "
+                                                   "the bundled default model."),
+) -> None:
+    """What a model is, as JSON on stdout: kind, step, parameters, config, its training stages and data, its
+    image tokenizer, and the evaluation figures recorded in its model card."""
+    from arlm.modelcard import info
+
+    emit(info(run))
+
+
+def export_cmd(
+    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the exported model."),
+    eval_: Optional[List[Path]] = typer.Option(None, "--eval", help="A JSON report to record in the model card "
+                                                                   "(arimg eval generator's stdout); repeatable."),
+    name: str = typer.Option("", "--name", help="The model's name in its card (default: the folder's name)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
+) -> None:
+    """Pack a transformer and its image tokenizer into one folder that samples anywhere: weights (EMA folded
+    in, no optimizer state), config, vocabulary and a model card (card.json: stages, data, eval figures).
+    Prints the folder."""
+    from arlm.modelcard import export
+
+    emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite))

@@ -1,0 +1,110 @@
+"""arimg export / info and the bundled default model: an exported model samples exactly as its run did,
+anywhere it is copied; `arimg info` says what a model is; a missing or damaged bundled file is one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from arlm import modelcard
+from arlm.transformer.ckpt import load_model
+
+
+def _sample(run_cli, ckpt, out: Path, *extra) -> tuple[int, list[bytes], str]:
+    args = ("sample", *(("--ckpt", ckpt) if ckpt is not None else ()), "-p", "a red circle", "-p", "two blue squares",
+            "--n", "2", "--out", out, *extra)
+    code, stdout, err = run_cli(*args)
+    return code, [Path(json.loads(ln)["path"]).read_bytes() for ln in stdout.splitlines()], err
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_lm):
+    out = tmp_path_factory.mktemp("export") / "model"
+    report = tmp_path_factory.mktemp("evals") / "generator.json"
+    report.write_text(json.dumps({"accuracy": 0.25, "per_kind": {"single": {"accuracy": 0.5, "n": 8}}, "n": 32}))
+    modelcard.export(str(tiny_lm), str(out), [str(report)], name="tiny")
+    return out
+
+
+def test_an_exported_model_samples_the_same_bytes_anywhere(run_cli, tiny_lm, exported, tmp_path):
+    code, from_run, err = _sample(run_cli, tiny_lm, tmp_path / "a")
+    assert code == 0, err
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(exported, moved)  # the tokenizer travels inside: the run's tokenizer path is not needed
+    code, from_export, err = _sample(run_cli, moved, tmp_path / "b")
+    assert code == 0, err
+    assert from_export == from_run and len(from_run) == 4
+    assert sorted(p.name for p in moved.iterdir()) == ["card.json", "checkpoint.json", "config.yaml",
+                                                       "model.safetensors", "tokenizer", "vocab.json"]
+    assert not (moved / "tokenizer" / "state.pt").exists() and not (moved / "tokenizer" / "disc.safetensors").exists()
+
+
+def test_info_of_a_run_and_of_an_export(run_cli, tiny_lm, exported):
+    model, vocab, cfg = load_model(tiny_lm, "cpu")
+    n_params = sum(t.numel() for t in model.state_dict().values())
+    code, out, err = run_cli("info", tiny_lm)
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["kind"] == "transformer" and run["stage"] == "pretrain" and run["step"] == cfg.trainer.max_steps
+    assert run["parameters"] == n_params and run["model"]["dim"] == cfg.model.dim
+    assert run["vocab"]["codebook_size"] == vocab.codebook_size and run["image_tokenizer"]["kind"] == "tokenizer"
+    assert [s["stage"] for s in run["lineage"]] == ["pretrain"]
+    code, out, err = run_cli("info", exported)
+    assert code == 0, err
+    card = json.loads(out)["card"]
+    assert card["name"] == "tiny" and card["parameters"] == n_params
+    assert card["evals"]["generator"]["accuracy"] == 0.25 and card["stages"][0]["stage"] == "pretrain"
+
+
+def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_path):
+    code, out, err = run_cli("info", tmp_path)
+    assert code == 1 and out == "" and err.count("arimg: error:") == 1 and "neither a checkpoint" in err
+    before = sorted(p.name for p in exported.iterdir())
+    code, _, err = run_cli("export", "--ckpt", tiny_lm, "--out", exported)
+    assert code == 1 and "--overwrite" in err and sorted(p.name for p in exported.iterdir()) == before
+    code, _, err = run_cli("export", "--ckpt", tiny_run, "--out", tmp_path / "x")
+    assert code != 0 and "not a 'transformer'" in err and not (tmp_path / "x").exists()
+    code, _, err = run_cli("export", "--ckpt", tiny_lm, "--out", tmp_path / "y", "--eval", tmp_path / "missing.json")
+    assert code == 1 and "missing.json" in err and not (tmp_path / "y").exists()
+
+
+def test_the_default_model_missing_damaged_and_used(run_cli, exported, tmp_path, monkeypatch):
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(modelcard.resources, "files", lambda name: package)
+    code, out, err = run_cli("sample", "-p", "a red circle", "--out", tmp_path / "o")
+    assert code == 1 and out == "" and "missing" in err and "reinstall" in err
+    assert [ln for ln in err.splitlines() if ln.startswith("arimg: error:")] == err.strip().splitlines()[-1:]
+    shutil.copytree(exported, package / "model")
+    code, images, err = _sample(run_cli, None, tmp_path / "d")
+    assert code == 0 and len(images) == 4 and "bundled default model" in err
+    code, out, err = run_cli("info")
+    assert code == 0 and json.loads(out)["card"]["name"] == "tiny"
+    weights = package / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a damaged install
+    code, out, err = run_cli("sample", "-p", "a red circle", "--out", tmp_path / "e")
+    assert code == 1 and out == "" and "damaged" in err and "model.safetensors" in err and "reinstall" in err
+
+
+def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path):
+    """The weights in arlm/default/model are what `make train-default` describes: the `small` model on the
+    `gen` tokenizer's codes with the pretrain preset's word pieces."""
+    from arlm import checkpoint
+    from arlm.config import TrainTokenizerConfig, TrainTransformerConfig, compose, to_object
+
+    try:
+        path = modelcard.default_model()
+    except Exception as e:
+        pytest.skip(f"no bundled model in this tree yet: {e}")
+    recipe = to_object(compose("pretrain"))
+    shipped = checkpoint.load_config(path, TrainTransformerConfig)
+    assert shipped.model == recipe.model
+    tok = checkpoint.load_config(path / "tokenizer", TrainTokenizerConfig)
+    assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer
+    model, vocab, _ = load_model(path, "cpu")  # strict: every shape as the config says
+    assert vocab.codebook_size == tok.tokenizer.codebook_size and len(vocab.words) == recipe.data.words
+    code, images, err = _sample(run_cli, None, tmp_path / "s")
+    assert code == 0 and len(images) == 4, err
