@@ -6,8 +6,9 @@ DEMO ?= data/demo
 SYNTH ?= data/synth
 RUNS ?= runs
 DEMO_N ?= 40000
-# trainer.precision of the demo's training stages; PRECISION=fp32 times the demo as on a CPU without native bf16
-PRECISION ?= auto
+# trainer.precision of the demo's training stages: fp32, so that two runs give the same figures on any CPU
+# (auto measures at start-up and may pick bf16 where the CPU has it natively; PRECISION=auto on a GPU)
+PRECISION ?= fp32
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow demo bench clean clean-demo
@@ -45,6 +46,8 @@ DEMO_EVAL ?= per_kind=25 n=4
 DEMO_PREFS ?= per_kind=50
 DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1
 TRAIN_ARGS = trainer.precision=$(PRECISION)
+TOK_ARGS ?=
+PRETRAIN_ARGS ?=
 
 demo: $(DEMO)/summary.md  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
 	@cat $(DEMO)/summary.md
@@ -59,7 +62,7 @@ $(DEMO)/synth.done: $(VENV)/.installed
 
 $(RUNS)/tok-gen/done: $(DEMO)/synth.done
 	$(TIMED) tokenizer $(ARIMG) train-tokenizer tokenizer=gen trainer=tokenizer_gen run_dir=$(RUNS)/tok-gen \
-		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-gen) $(TRAIN_ARGS) > /dev/null
+		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-gen) $(TRAIN_ARGS) $(TOK_ARGS) > /dev/null
 	$(TIMED) tokenizer $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen --no-jpeg > $(DEMO)/tokenizer.json
 	touch $@
 
@@ -69,7 +72,7 @@ $(SYNTH)-tok/done: $(RUNS)/tok-gen/done
 
 $(RUNS)/pretrain/done: $(SYNTH)-tok/done
 	$(TIMED) pretrain $(ARIMG) pretrain run_dir=$(RUNS)/pretrain data.shards=$(SYNTH)-tok \
-		$(call resume,$(RUNS)/pretrain) $(TRAIN_ARGS) > /dev/null
+		$(call resume,$(RUNS)/pretrain) $(TRAIN_ARGS) $(PRETRAIN_ARGS) > /dev/null
 	touch $@
 
 $(RUNS)/sft/done: $(RUNS)/pretrain/done
@@ -104,6 +107,20 @@ $(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-sft.json $(DEMO)/eva
 bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
 	$(PY) -m pip install -q -e '.[bench]'
 	@for f in scripts/bench_*.py; do echo "== $$f" >&2; $(PY) $$f || exit 1; done
+
+# ---------------------------------------------------------------------------------------------------------
+# make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
+# a longer tokenizer and pretrain schedule and the full evaluation, then `arimg export`. About 2 hours on
+# 2 cores; interrupted, it continues where it stopped (the stages resume exactly) when run again.
+DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
+	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=27000 DEMO_PREFS=per_kind=100 \
+	DEMO_EVAL="'seeds=[0,1,2]'"
+
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 2 h on 2 cores; rerun to continue)
+	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
+	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
+		--eval data/default/eval-dpo.json
+	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
 	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/sft $(RUNS)/dpo

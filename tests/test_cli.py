@@ -133,6 +133,18 @@ def test_every_command_has_real_help(run_cli):
         assert not any(w in out.lower() for w in ("todo", "not implemented", "placeholder", "coming soon"))
 
 
+def test_help_imports_no_heavy_library():
+    """`arimg --help` and each command's help parse without torch, scipy, numpy, Hydra or webdataset
+    (scripts/bench_cli.py times it)."""
+    code = ("import sys; from arimg.main import main\n"
+            "for argv in (['--help'], ['sample', '--help'], ['pretrain', '--help'], ['data', 'synth', '--help']):\n"
+            "    main(argv)\n"
+            "heavy = sorted(m for m in ('torch', 'scipy', 'numpy', 'hydra', 'webdataset', 'omegaconf') if m in sys.modules)\n"
+            "print(heavy, file=sys.stderr)\nsys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+
+
 def test_console_script_and_module_entry(tmp_path):
     exe = [sys.executable, "-m", "arimg"]
     r = subprocess.run(exe + ["data", "synth", "--n", "3", "--out", str(tmp_path), "--size", "32"],
