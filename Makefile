@@ -42,9 +42,10 @@ resume = $$(test $(1)/checkpoints/latest -nt $< && echo resume=true || echo over
 # the demo's evaluations: held-out prompts, 100 images per kind, sampling seed 0 (docs/results.md has the
 # 3-seed figures)
 DEMO_EVAL ?= per_kind=25 n=4
-# the demo's preference stage: 50 training prompts per kind, 8 samples each; a short DPO
+# the demo's preference stage: 50 training prompts per kind, 8 samples each; a short DPO, not compiled
+# (compiling costs more than its 30 steps)
 DEMO_PREFS ?= per_kind=50
-DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1
+DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1 trainer.compile=false
 TRAIN_ARGS = trainer.precision=$(PRECISION)
 TOK_ARGS ?=
 PRETRAIN_ARGS ?=
@@ -57,13 +58,14 @@ $(DEMO)/synth.done: $(VENV)/.installed
 	$(TIMED) synth $(ARIMG) data synth --n $(DEMO_N) --out $(SYNTH) --overwrite > /dev/null
 	$(TIMED) synth $(ARIMG) data synth --n 1000 --seed 1 --out $(SYNTH)-val --overwrite > /dev/null
 	$(TIMED) judge $(ARIMG) data inspect $(SYNTH) --sheet $(DEMO)/contact-sheet.png > $(DEMO)/inspect.json
-	$(TIMED) judge $(ARIMG) eval images $(SYNTH)-val > $(DEMO)/judge.json
+	$(TIMED) judge $(ARIMG) eval images $(SYNTH)-val limit=500 > $(DEMO)/judge.json
 	touch $@
 
 $(RUNS)/tok-gen/done: $(DEMO)/synth.done
 	$(TIMED) tokenizer $(ARIMG) train-tokenizer tokenizer=gen trainer=tokenizer_gen run_dir=$(RUNS)/tok-gen \
 		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-gen) $(TRAIN_ARGS) $(TOK_ARGS) > /dev/null
-	$(TIMED) tokenizer $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen --no-jpeg > $(DEMO)/tokenizer.json
+	$(TIMED) tokenizer $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-gen --no-jpeg --limit 500 \
+		> $(DEMO)/tokenizer.json
 	touch $@
 
 $(SYNTH)-tok/done: $(RUNS)/tok-gen/done

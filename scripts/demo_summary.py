@@ -61,9 +61,9 @@ def summary(demo: Path, runs: Path) -> str:
     judge = _json(demo / "judge.json")
     tok = _json(demo / "tokenizer.json")
     if judge:
-        lines.append(f"- the judge on 1,000 held-out synthetic images: {_pct(judge.get('accuracy'))} accepted")
+        lines.append(f"- the judge on {judge.get('n')} held-out synthetic images: {_pct(judge.get('accuracy'))} accepted")
     if tok:
-        lines.append(f"- the tokenizer: {tok.get('psnr', float('nan')):.1f} dB PSNR on held-out images, "
+        lines.append(f"- the tokenizer: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out images, "
                      f"the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its reconstructions")
     prefs = _json(demo / "prefs.json")
     if prefs:

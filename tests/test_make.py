@@ -1,0 +1,66 @@
+"""`make demo` is a chain of stage targets on their outputs: after an interruption a second `make demo` runs
+only what is left, and a training stage that had written a checkpoint resumes it. Run with a stand-in for
+`arimg` that logs its arguments (the stages themselves are tested in their own files)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = '''#!{python}
+import os, pathlib, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if "--out" in args:
+    pathlib.Path(args[args.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+for a in args:
+    if a.startswith("out="):
+        pathlib.Path(a[4:]).mkdir(parents=True, exist_ok=True)
+    if a.startswith("run_dir="):  # a training stage writes its first checkpoint, then may be interrupted
+        ckpt = pathlib.Path(a.split("=", 1)[1]) / "checkpoints"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "latest").write_text("step-0000001")
+sys.exit(1 if os.environ.get("FAKE_FAIL") in args[:1] else 0)
+'''
+
+
+def _make(tmp: Path, fail: str | None = None) -> tuple[int, list[str]]:
+    log = tmp / "log"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "FAKE_LOG": str(log), "FAKE_FAIL": fail or "-"}
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={tmp}/venv", f"PY={sys.executable}",
+                        f"ARIMG={tmp}/arimg", f"DEMO={tmp}/demo", f"SYNTH={tmp}/synth", f"RUNS={tmp}/runs"],
+                       env=env, capture_output=True, text=True)
+    return r.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.skipif(subprocess.run(["make", "--version"], capture_output=True).returncode != 0, reason="no make")
+def test_make_demo_resumes_where_it_stopped(tmp_path):
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".installed").touch()
+    fake = tmp_path / "arimg"
+    fake.write_text(FAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+
+    code, first = _make(tmp_path, fail="pretrain")  # interrupted during pretrain
+    assert code != 0
+    assert [ln.split()[0] for ln in first] == ["data", "data", "data", "eval", "train-tokenizer", "eval",
+                                               "pretokenize", "pretrain"]
+    assert "overwrite=true" in first[-1]
+
+    code, second = _make(tmp_path)
+    assert code == 0, second
+    stages = [ln.split()[0] for ln in second]
+    assert stages[:2] == ["pretrain", "eval"]  # nothing before pretrain again; then its evaluation
+    assert "resume=true" in second[0]  # its checkpoint is newer than its input: continued, not restarted
+    assert {"sft", "make-prefs", "dpo", "sample"} <= set(stages) and stages.count("eval") == 3
+    assert (tmp_path / "demo" / "summary.md").is_file()
+
+    code, third = _make(tmp_path)  # all done: nothing runs
+    assert code == 0 and third == []
