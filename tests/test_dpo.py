@@ -164,6 +164,15 @@ def test_a_labels_file_decides_the_pairs(tmp_path, tiny_lm):
     assert got == [("a red circle", 2, 0), ("two blue squares", 1, 3)] and report["mode"] == "labels"
 
 
+def test_a_reward_module_in_the_current_directory_imports(tmp_path, monkeypatch):
+    from arlm.transformer.prefs import load_reward
+
+    (tmp_path / "cwd_reward.py").write_text("def half(image, prompt):\n    return 0.5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert load_reward("cwd_reward:half")(None, "a red circle") == 0.5
+
+
 def test_make_prefs_bad_inputs_exit_2(tmp_path, tiny_lm, reward_module, run_cli):
     bad_labels = tmp_path / "bad.jsonl"
     bad_labels.write_text('{"prompt": "a red circle", "chosen": 9, "rejected": 0}\n')

@@ -29,7 +29,9 @@ import importlib
 import io
 import json
 import math
+import os
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +56,13 @@ PAIR_MODES = ("best-worst", "all")
 
 
 def load_reward(spec: str) -> Callable[[object, str], float]:
-    """The callable named by 'module:function'; a ConfigError when it does not import."""
+    """The callable named by 'module:function', looked up as `python -m` would: the current directory
+    first (a reward.py beside the data imports without PYTHONPATH); a ConfigError when it does not import."""
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ConfigError(f"reward must be judge or module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
