@@ -5,18 +5,20 @@ only what is left, and a training stage that had written a checkpoint resumes it
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_docs import check_parses
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = '''#!{python}
-import os, pathlib, sys
+import os, pathlib, shlex, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(" ".join(args) + "\\n")
+    f.write(shlex.join(args) + "\\n")
 if "--out" in args:
     pathlib.Path(args[args.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
 for a in args:
@@ -64,3 +66,5 @@ def test_make_demo_resumes_where_it_stopped(tmp_path):
 
     code, third = _make(tmp_path)  # all done: nothing runs
     assert code == 0 and third == []
+    for line in first + second:  # and every command the Makefile gives arimg parses and composes today
+        check_parses(shlex.split(line))
