@@ -105,6 +105,6 @@ def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path)
     tok = checkpoint.load_config(path / "tokenizer", TrainTokenizerConfig)
     assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer
     model, vocab, _ = load_model(path, "cpu")  # strict: every shape as the config says
-    assert vocab.codebook_size == tok.tokenizer.codebook_size and len(vocab.words) == recipe.data.words
+    assert vocab.codebook_size == tok.tokenizer.codebook_size and 0 < len(vocab.words) <= recipe.data.words
     code, images, err = _sample(run_cli, None, tmp_path / "s")
     assert code == 0 and len(images) == 4, err
