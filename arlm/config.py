@@ -217,23 +217,6 @@ class DPOConfig:
 
 
 @dataclass
-class TrainTransformerConfig:
-    """`arimg pretrain`, `arimg sft` and `arimg dpo`: one trainer (the root config sets `stage`)."""
-
-    stage: str = "pretrain"  # pretrain | sft | dpo
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: TokenDataConfig = field(default_factory=TokenDataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    loss: TransformerLossConfig = field(default_factory=TransformerLossConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    run_dir: str = "runs/pretrain"
-    init_from: Optional[str] = None  # sft, dpo: the run or checkpoint to start from (its model config is used)
-    resume: bool = False
-    overwrite: bool = False
-
-
-@dataclass
 class SamplingConfig:
     """How images are drawn: the defaults of `arimg sample` and `arimg eval generator` (arlm.transformer.sample)."""
 
@@ -243,6 +226,39 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 50  # 0 = off
     top_p: float = 1.0  # 1 = off
+
+
+@dataclass
+class GRPOConfig:
+    """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.transformer.grpo)."""
+
+    prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
+    kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
+    per_kind: int = 100  # grammar prompts: this many of each kind
+    prompt_seed: int = 0  # grammar prompts: the captions of `arimg data synth --seed` this (0: the training set's)
+    group: int = 8  # samples per prompt; data.batch_size / group prompts per step
+    reward: str = "judge"  # judge: the judge's graded score | module:function, a callable (image, prompt) -> float
+    min_std: float = 0.02  # a group whose rewards spread less teaches nothing: weight 0 (not divided by ~0)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class TrainTransformerConfig:
+    """`arimg pretrain`, `sft`, `dpo` and `grpo`: one trainer (the root config sets `stage`)."""
+
+    stage: str = "pretrain"  # pretrain | sft | dpo | grpo
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: TransformerLossConfig = field(default_factory=TransformerLossConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run_dir: str = "runs/pretrain"
+    init_from: Optional[str] = None  # sft, dpo, grpo: the run or checkpoint to start from (its model config is used)
+    resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -299,7 +315,8 @@ class EvalImagesConfig:
 # command name -> root schema; conf/<name>.yaml is its root config
 ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig,
                           "train_tokenizer": TrainTokenizerConfig, "pretrain": TrainTransformerConfig,
-                          "sft": TrainTransformerConfig, "dpo": TrainTransformerConfig, "make_prefs": MakePrefsConfig}
+                          "sft": TrainTransformerConfig, "dpo": TrainTransformerConfig, "grpo": TrainTransformerConfig,
+                          "make_prefs": MakePrefsConfig}
 # the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}
 

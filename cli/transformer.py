@@ -1,4 +1,4 @@
-"""arimg pretrain, sft, make-prefs, dpo."""
+"""arimg pretrain, sft, make-prefs, dpo, grpo."""
 
 from __future__ import annotations
 
@@ -59,3 +59,13 @@ def dpo(
     """Direct preference optimisation of a run (init_from=RUN) on make-prefs pairs (data.shards=DIR);
     dpo.loss_type=sigmoid|ipo|robust, dpo.beta, dpo.ntp_weight. Prints the run directory."""
     _run("dpo", overrides, print_config)
+
+
+def grpo(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+) -> None:
+    """Online preference optimisation of a run (init_from=RUN): each step samples grpo.group images of each of
+    its prompts, scores them (the judge's graded score, or grpo.reward=module:function) and raises what
+    scored above its group. Prints the run directory."""
+    _run("grpo", overrides, print_config)

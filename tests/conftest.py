@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from arlm import synth
@@ -68,3 +70,16 @@ def tiny_lm(tmp_path_factory, token_dir):
     run = tmp_path_factory.mktemp("lm") / "run"
     return train(to_object(compose("pretrain", ["model=tiny", "trainer=tiny", "trainer.compile=false", "sample.n=0",
                                                 "data.batch_size=8", f"data.shards={token_dir}", f"run_dir={run}"])))
+
+
+@pytest.fixture(scope="session")
+def reward_module(tmp_path_factory):
+    """An importable reward: mean brightness of the image (no ties, so every prompt gives pairs)."""
+    folder = tmp_path_factory.mktemp("reward")
+    (folder / "prefs_reward.py").write_text(
+        "import numpy as np\n"
+        "def brightness(image, prompt):\n    return float(np.asarray(image, dtype=np.float64).mean() / 255)\n"
+        "def words(image, prompt):\n    return 'bright'\n")
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))

@@ -89,19 +89,6 @@ def _one_error(err: str) -> bool:
 
 # --- make-prefs ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def reward_module(tmp_path_factory):
-    """An importable reward: mean brightness of the image (no ties, so every prompt gives pairs)."""
-    folder = tmp_path_factory.mktemp("reward")
-    (folder / "prefs_reward.py").write_text(
-        "import numpy as np\n"
-        "def brightness(image, prompt):\n    return float(np.asarray(image, dtype=np.float64).mean() / 255)\n"
-        "def words(image, prompt):\n    return 'bright'\n")
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-
-
 def prefs_cfg(out, *extra):
     return to_object(compose("make_prefs", ["kinds=[single,count]", "per_kind=6", "k=4", "batch_size=16",
                                             f"out={out}", "margin=0.0", *extra]))

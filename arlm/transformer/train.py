@@ -39,7 +39,7 @@ from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer import parallel
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
-from arlm.transformer.data import Batches, caption_words, token_info
+from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
 from arlm.transformer.objectives import NextToken
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
@@ -49,7 +49,7 @@ from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device,
                            set_lr, set_rng_state, autocast)
 from arlm.viz import contact_sheet, line_plot
 
-STAGES = ("pretrain", "sft", "dpo")
+STAGES = ("pretrain", "sft", "dpo", "grpo")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -77,9 +77,16 @@ def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab
     return read_vocab(ckpt)
 
 
-def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, device: torch.device, rank: int, world: int):
-    """(batches, objective) of the stage: token batches and next-token loss, or preference pairs and DPO."""
+def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
+                 precision: str, rank: int, world: int):
+    """(batches, objective) of the stage: token batches and next-token loss, preference pairs and DPO, or
+    groups sampled online and their rewards."""
     args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
+    if cfg.stage == "grpo":
+        from arlm.transformer import grpo
+
+        return (grpo.OnlineBatches(cfg, vocab, info, model, device, precision, rank, world, cfg.trainer.grad_accum),
+                grpo.GroupReward(cfg.grpo))
     if cfg.stage != "dpo":
         return Batches(cfg.data, *args), NextToken(cfg, device)
     from arlm.transformer import dpo
@@ -116,13 +123,18 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         raise ConfigError(f"trainer.{e}") from None
     run = Path(cfg.run_dir)
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
-    if cfg.stage in ("sft", "dpo") and init is None and not cfg.resume:
+    if cfg.stage in ("sft", "dpo", "grpo") and init is None and not cfg.resume:
         raise ConfigError(f"{cfg.stage} starts from a trained run: pass init_from=RUN")
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
     resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
     saved_vocab = _setup_model_config(cfg, resume_from or init)
-    info = token_info(cfg.data.shards)
+    if cfg.stage == "grpo":  # no token shards: the model writes its own data, in its checkpoint's vocabulary
+        if not saved_vocab.grid:
+            raise ConfigError(f"{resume_from or init} does not record its grid: grpo cannot sample it")
+        info = TokenInfo(saved_vocab.codebook_size, saved_vocab.tokenizer, tuple(saved_vocab.grid))
+    else:
+        info = token_info(cfg.data.shards)
     # a checkpoint's model keeps its ids, the word list included; a new one counts its words in the data
     words = saved_vocab.words if saved_vocab is not None else caption_words(cfg.data, info)
     vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=words)
@@ -141,7 +153,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         checkpoint.load_into(model, checkpoint.load_weights(source, "model"), source)
         log.info("weights from %s", source)
     model.to(device)
-    batches, objective = _stage_parts(cfg, vocab, info, device, rank, world)
+    batches, objective = _stage_parts(cfg, vocab, info, model, device, precision, rank, world)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     if ema and resume_from is not None:
         ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
