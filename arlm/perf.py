@@ -8,6 +8,7 @@ PyTorch emulates it and it runs about 150x *slower*. So `precision=auto` measure
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -37,18 +38,29 @@ def matmul_flops(dtype: torch.dtype, device: str | torch.device = "cpu", n: int 
     return 2 * n**3 / best
 
 
+CPU_PRECISION_ENV = "ARIMG_CPU_PRECISION"  # fp32 | bf16: what 'auto' means on a CPU, without measuring
+BF16_MARGIN = 1.25  # on a CPU, 'auto' takes bf16 only when its matmul is this much faster than fp32's
+
+
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """'bf16' or 'fp32'; 'auto' picks bf16 on CUDA and, on a CPU, whichever matmul measures faster."""
+    """'bf16' or 'fp32'; 'auto' picks bf16 on CUDA and, on a CPU, bf16 only where its matmul measures clearly
+    faster (BF16_MARGIN: a near tie, or a busy machine's noisy timing, stays with exact fp32), unless
+    $ARIMG_CPU_PRECISION says which (the tests pin fp32, so that their figures never depend on a timing)."""
     if precision in DTYPES:
         return precision
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if torch.device(device).type == "cuda":
         return "bf16"
+    forced = os.environ.get(CPU_PRECISION_ENV)
+    if forced:
+        if forced not in DTYPES:
+            raise ValueError(f"${CPU_PRECISION_ENV} must be bf16 or fp32, got {forced!r}")
+        return forced
     small = 256  # enough to tell a native kernel from an emulated one, quick even when emulated
     bf16 = matmul_flops(torch.bfloat16, device, n=small, budget_s=0.05)
     fp32 = matmul_flops(torch.float32, device, n=small, budget_s=0.05)
-    return "bf16" if bf16 > fp32 else "fp32"
+    return "bf16" if bf16 > BF16_MARGIN * fp32 else "fp32"
 
 
 def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:

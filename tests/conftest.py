@@ -1,6 +1,11 @@
+import os
 import sys
 
 import pytest
+
+# `precision=auto` on a CPU is decided by a matmul timing; on a CPU with native bf16 a busy moment can flip it
+# between runs, and with it every figure of a tiny model. The tests pin it (subprocesses inherit it).
+os.environ["ARIMG_CPU_PRECISION"] = "fp32"
 
 from arlm import synth
 from arlm.data.writers import write_synth
