@@ -134,7 +134,9 @@ def test_make_prefs_stores_the_models_tokens_with_their_reference_logps(prefs, t
 
 
 def test_make_prefs_with_the_judge_keeps_pairs_that_clear_the_margin(tmp_path, tiny_lm):
-    report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "j", "kinds=[single]", "k=6", "margin=0.05"))
+    # hot sampling: the tiny model's images differ enough for the judge to score them apart
+    report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "j", "kinds=[single]", "k=6", "margin=0.05",
+                                                "sampling.temperature=3", "sampling.top_k=0", "sampling.cfg=1"))
     pairs = read_pairs(tmp_path / "j")
     assert report["reward"] == "judge" and len(pairs) == report["pairs"] >= 1
     for meta, _, _ in pairs:

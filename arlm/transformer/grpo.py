@@ -105,7 +105,7 @@ class OnlineBatches:
 
     def batch(self, step: int):
         from arlm.transformer.evaluate import sample_and_judge
-        from arlm.transformer.prefs import _reward
+        from arlm.transformer.prefs import reward_of
 
         groups = self.local // self.g.group
         mine = self.step_prompts(step)[self.rank * groups:(self.rank + 1) * groups]
@@ -119,7 +119,7 @@ class OnlineBatches:
                                       self.tokenizer, self.g.judge if self.reward_fn is None else None,
                                       batch_size=self.local)
         self.model.train(was_training)
-        rewards = [_reward(j, self.reward_fn) for j in judged]
+        rewards = [reward_of(j, self.reward_fn) for j in judged]
         adv = group_advantages(rewards, self.g.group, self.g.min_std)
         ids = [self.vocab.encode_text(p) for p in prompts]
         text, lengths = pad_text(ids, self.text_len)

@@ -153,7 +153,7 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     for j in judged:
         by_prompt.setdefault(j.prompt, []).append(j)
 
-    rewards = {p: [_reward(j, reward) for j in js] for p, js in by_prompt.items()} if not labels else {}
+    rewards = {p: [reward_of(j, reward) for j in js] for p, js in by_prompt.items()} if not labels else {}
     _write_candidates(out / "candidates", prompts, by_prompt, rewards)
     pairs = ([(p, c, r) for p, c, r in labels] if labels else
              [(p, c, r) for p in prompts for c, r in choose_pairs(rewards[p], cfg.margin, cfg.pairs)])
@@ -222,7 +222,9 @@ def _write_candidates(folder: Path, prompts: list[str], by_prompt: dict[str, lis
                                     "reward": rewards[p][i] if rewards else None}) + "\n")
 
 
-def _reward(j: Judged, fn: Callable | None) -> float:
+def reward_of(j: Judged, fn: Callable | None) -> float:
+    """The reward of one judged sample: the judge's graded score, or `fn(image, prompt)` checked to be a
+    finite number (make-prefs and grpo)."""
     if fn is None:
         return score(j.verdict, j.prompt)
     try:
