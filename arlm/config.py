@@ -229,13 +229,19 @@ class SamplingConfig:
 
 
 @dataclass
-class GRPOConfig:
-    """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.transformer.grpo)."""
+class PromptSource:
+    """Where a command's prompts come from (arlm.transformer.evaluate.choose_prompts): a file, else the grammar."""
 
     prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
     kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
     per_kind: int = 100  # grammar prompts: this many of each kind
     prompt_seed: int = 0  # grammar prompts: the captions of `arimg data synth --seed` this (0: the training set's)
+
+
+@dataclass
+class GRPOConfig(PromptSource):
+    """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.transformer.grpo)."""
+
     group: int = 8  # samples per prompt; data.batch_size / group prompts per step
     reward: str = "judge"  # judge: the judge's graded score | module:function, a callable (image, prompt) -> float
     min_std: float = 0.02  # a group whose rewards spread less teaches nothing: weight 0 (not divided by ~0)
@@ -281,13 +287,9 @@ class EvalGeneratorConfig:
 
 
 @dataclass
-class MakePrefsConfig:
+class MakePrefsConfig(PromptSource):
     """`arimg make-prefs`: preference pairs from a model's own samples, scored by a reward (arlm.transformer.prefs)."""
 
-    prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
-    kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
-    per_kind: int = 100  # grammar prompts: this many of each kind
-    prompt_seed: int = 0  # grammar prompts: the captions of `arimg data synth --seed` this (0: the training set's)
     k: int = 8  # samples per prompt
     seed: int = 0  # sampling seed
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
