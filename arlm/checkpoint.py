@@ -56,6 +56,34 @@ def _write_synced(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
+class _Writes:
+    """A file for torch.save that keeps the OSError of a failed write: torch's zip writer reports a full disk
+    as a RuntimeError about file positions, and the real cause must reach the user."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(obj: Any, f) -> None:
+    writes = _Writes(f)
+    try:
+        torch.save(obj, writes)
+    except RuntimeError:
+        if writes.error is not None:
+            raise writes.error from None
+        raise
+
+
 def step_name(step: int) -> str:
     return f"step-{step:07d}"
 
@@ -70,17 +98,21 @@ def save(run_dir: str | os.PathLike, step: int, kind: str, weights: dict[str, di
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     tmp.mkdir()
-    for name, tensors in weights.items():
-        # safetensors wants contiguous tensors that share no memory
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
-        _fsync_file(tmp / f"{name}.safetensors")
-    _write_synced(tmp / "state.pt", lambda f: torch.save(state, f))
-    _write_synced(tmp / "config.yaml", lambda f: f.write(config_yaml.encode()))
-    for name, data in (files or {}).items():
-        _write_synced(tmp / name, lambda f: f.write(data))
-    meta = {"format": FORMAT, "kind": kind, "step": step, "weights": sorted(weights)}
-    _write_synced(tmp / "checkpoint.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    _fsync_dir(tmp)
+    try:
+        for name, tensors in weights.items():
+            # safetensors wants contiguous tensors that share no memory
+            save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+            _fsync_file(tmp / f"{name}.safetensors")
+        _write_synced(tmp / "state.pt", lambda f: _torch_save(state, f))
+        _write_synced(tmp / "config.yaml", lambda f: f.write(config_yaml.encode()))
+        for name, data in (files or {}).items():
+            _write_synced(tmp / name, lambda f: f.write(data))
+        meta = {"format": FORMAT, "kind": kind, "step": step, "weights": sorted(weights)}
+        _write_synced(tmp / "checkpoint.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        _fsync_dir(tmp)
+    except BaseException:  # a full disk, an interrupt: no partial checkpoint stays behind, the previous one rules
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / step_name(step)
     if final.exists():  # the same step written again (a resumed run): the new one replaces it
         old = root / f".tmp-old-{step_name(step)}-{os.getpid()}"
@@ -88,8 +120,12 @@ def save(run_dir: str | os.PathLike, step: int, kind: str, weights: dict[str, di
         shutil.rmtree(old, ignore_errors=True)
     tmp.rename(final)
     pointer = root / f".tmp-{POINTER}-{os.getpid()}"
-    _write_synced(pointer, lambda f: f.write(final.name.encode()))
-    pointer.replace(root / POINTER)
+    try:
+        _write_synced(pointer, lambda f: f.write(final.name.encode()))
+        pointer.replace(root / POINTER)
+    except BaseException:  # `latest` still names the previous checkpoint, which is whole
+        pointer.unlink(missing_ok=True)
+        raise
     _fsync_dir(root)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
         if old != final:

@@ -151,6 +151,10 @@ class TrainerConfig:
     # auto: bf16 on CUDA, and on a CPU whichever matmul measures faster (arlm.perf); quantizers and losses fp32
     precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
+    # a step whose gradient is NaN or Inf (a non-finite loss makes it so): skip it (counted as skipped_steps in
+    # metrics.jsonl) or stop, keeping the last checkpoint; skipping still stops after this many in a row
+    nonfinite: str = "skip"  # skip | stop
+    nonfinite_limit: int = 10
     # transformer stages only (train-tokenizer refuses them):
     parallel: str = "ddp"  # ddp | fsdp: how torchrun's processes share the work (FSDP2 fully_shard per block)
     compile: bool = False  # torch.compile the model
@@ -348,7 +352,36 @@ def _one_line(exc: BaseException) -> str:
         cause = _one_line(exc.__cause__)
         if cause and cause not in text:
             text = f"{text.rstrip('.')}: {cause}"
-    return re.sub(r"\s+", " ", text.replace("\t", " "))
+    return _short(re.sub(r"\s+", " ", text.replace("\t", " ")), 1000)  # a 100 kB override is not echoed whole
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """A ConfigError for a command-line override that would reach past the schema: an interpolation
+    (resolvers such as oc.env read the environment, so `run_dir=${oc.env:HOME}/x` writes where the user
+    never typed), adding or deleting a key (+, ++, ~: every key is in the schema), Hydra's own settings
+    (unused by arimg) or `key=` with no value (then `run_dir` or `init_from` would silently be '', the
+    current folder)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parser = OverridesParser.create()
+    for line in overrides:
+        o = parser.parse_overrides([line])[0]  # a syntax error: Hydra's OverrideParseException
+        key = o.key_or_group
+        if "${" in line:
+            raise ConfigError(f"{key}: interpolations (${{...}}) are not allowed in command-line overrides "
+                              f"(resolvers read the environment); write the value itself: {_short(line)}")
+        if o.type != OverrideType.CHANGE:
+            raise ConfigError(f"{_short(line)}: only key=value overrides; adding (+) or deleting (~) keys is not "
+                              "supported (see --print-config for the keys)")
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            raise ConfigError(f"{key}: Hydra's own settings are not used by arimg")
+        if line.split("=", 1)[1].strip() == "":
+            raise ConfigError(f"{key}= has no value: write {key}=null for none or {key}='' for an empty string")
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
@@ -362,6 +395,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
 
     _register()
     try:
+        _check_overrides(list(overrides))
         with initialize_config_module(config_module="arlm.conf", version_base=None):
             cfg = hydra_compose(config_name=name, overrides=list(overrides))
         OmegaConf.resolve(cfg)

@@ -132,6 +132,56 @@ class Metrics:
         self.file.close()
 
 
+class NonFiniteError(UserError):
+    """A loss or gradient that is not finite, with trainer.nonfinite=stop (or too many in a row)."""
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """The gradients' total norm, after clipping them to `max_norm` (0 = no clipping)."""
+    params = [p for p in params if p.grad is not None]
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm of the whole model
+
+
+class NonFinite:
+    """What a step does when its gradient is NaN or Inf (trainer.nonfinite): the optimizer skips it, or
+    the run stops before its next checkpoint, so that the last one written is the last good one. A step
+    whose loss is not finite has such a gradient, so the one norm decides both. Reading the norm is a device
+    sync: one per step, the price of never stepping on a NaN."""
+
+    def __init__(self, cfg: TrainerConfig) -> None:
+        if cfg.nonfinite not in ("skip", "stop"):
+            raise ConfigError(f"trainer.nonfinite must be skip or stop, got {cfg.nonfinite!r}")
+        self.cfg = cfg
+        self.skipped = 0  # since the last log row
+        self.streak = 0
+
+    def ok(self, norm: torch.Tensor, step: int, what: str = "gradient") -> bool:
+        """True when the step may be taken; False (after a warning) when it is to be skipped."""
+        if bool(torch.isfinite(norm)):
+            self.streak = 0
+            return True
+        self.streak += 1
+        if self.cfg.nonfinite == "stop" or self.streak > self.cfg.nonfinite_limit:
+            why = "trainer.nonfinite=stop" if self.cfg.nonfinite == "stop" else \
+                f"{self.streak} in a row, over trainer.nonfinite_limit={self.cfg.nonfinite_limit}"
+            raise NonFiniteError(f"non-finite {what} at step {step + 1} ({why}): the run stops; its last "
+                                 f"checkpoint is kept")
+        self.skipped += 1
+        from arlm.log import log
+
+        log.warning("step %d: non-finite %s, the step is skipped", step + 1, what)
+        return False
+
+    def take(self) -> int:
+        """The steps skipped since the last call (for the log row)."""
+        n, self.skipped = self.skipped, 0
+        return n
+
+
 def prepare_run_dir(run: Path, kind: str, resume: bool, overwrite: bool, clear: bool = True) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs in one folder.
     A fresh run clears the old checkpoints and pictures (overwrite=true) unless `clear` is False: a caller

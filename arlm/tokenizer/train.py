@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from arlm import checkpoint
+from arlm import checkpoint, lock
 from arlm.config import TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
 from arlm.errors import ConfigError, UserError
@@ -32,8 +32,8 @@ from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
-from arlm.training import (EMA, Metrics, autocast, lr_at, prepare_run_dir, rng_state, run_info, set_lr, set_rng_state,
-                           setup)
+from arlm.training import (EMA, Metrics, NonFinite, autocast, clip_gradients, lr_at, prepare_run_dir, rng_state,
+                           run_info, set_lr, set_rng_state, setup)
 from arlm.viz import line_plot
 
 KIND = "tokenizer"
@@ -50,11 +50,17 @@ def recon_grid(inputs: torch.Tensor, outputs: torch.Tensor, scale: int = 2) -> I
 
 def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
+    with lock.hold(cfg.run_dir):
+        return _train(cfg, yaml)
+
+
+def _train(cfg: TrainTokenizerConfig, yaml: str | None) -> Path:
     lc, tc = cfg.tokenizer.loss, cfg.trainer
     if tc.compile or tc.grad_accum != 1:
         raise ConfigError("trainer.compile and trainer.grad_accum are for the transformer stages; train-tokenizer "
                           "runs one process without them")
     device, precision = setup(cfg.trainer)
+    guard = NonFinite(tc)
     run = Path(cfg.run_dir)
     model = Tokenizer(cfg.tokenizer).to(device)  # validates the architecture before anything is written
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
@@ -146,12 +152,12 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
                 logs.update(g=g, g_weight=w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            if ema:
-                ema.update(model)
-            if gan and step >= lc.disc_start - lc.disc_warmup:
+            good = guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step)
+            if good:
+                opt.step()
+                if ema:
+                    ema.update(model)
+            if good and gan and step >= lc.disc_start - lc.disc_warmup:
                 set_lr(opt_d, lc.disc_lr)
                 with autocast(device, precision):
                     real, fake = disc(x).float(), disc(recon.detach()).float()
@@ -161,7 +167,8 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
                     lecam.update(real, fake)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
-                opt_d.step()
+                if guard.ok(clip_gradients(disc.parameters(), 0), step, "discriminator gradient"):
+                    opt_d.step()
                 logs.update(d=d_loss, logits_real=real.mean(), logits_fake=fake.mean())
             usage.update(indices)
             step += 1
@@ -171,7 +178,8 @@ def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
                 row = {"step": step, "loss": loss.detach().item(), **{k: float(v.detach()) for k, v in logs.items()},
                        **{k: float(v.detach()) for k, v in qlosses.items()},
                        "psnr": float(psnr(from_unit(x), from_unit(recon.detach())).clamp(max=99).mean()),
-                       "usage": usage.usage(), "perplexity": usage.perplexity(), "lr": opt.param_groups[0]["lr"],
+                       "usage": usage.usage(), "perplexity": usage.perplexity(), "skipped_steps": guard.take(),
+                       "lr": opt.param_groups[0]["lr"],
                        "img_s": seen / (time.perf_counter() - t0)}
                 metrics.write(row)
                 bar.update(task, completed=step, info=f"loss {row['loss']:.4f}  psnr {row['psnr']:.2f}  "

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from arlm import checkpoint
+from arlm import checkpoint, lock
 from arlm.config import TrainTransformerConfig, to_yaml
 from arlm.errors import ConfigError, UserError
 from arlm.judge import summarize
@@ -45,8 +45,8 @@ from arlm.transformer.objectives import NextToken
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
 from arlm.transformer.sequence import LayoutError, Vocab
-from arlm.training import (EMA, Metrics, lr_at, prepare_run_dir, resolve_device, rng_state, run_info, seed_all,
-                           set_lr, set_rng_state, autocast)
+from arlm.training import (EMA, Metrics, NonFinite, autocast, clip_gradients, lr_at, prepare_run_dir, resolve_device,
+                           rng_state, run_info, seed_all, set_lr, set_rng_state)
 from arlm.viz import contact_sheet, line_plot
 
 STAGES = ("pretrain", "sft", "dpo", "grpo")
@@ -110,7 +110,8 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
         raise ConfigError("trainer.grad_accum must be at least 1")
     rank, world, device = parallel.init(resolve_device(tc.device))
     try:
-        return _train(cfg, yaml, rank, world, device)
+        with lock.hold(cfg.run_dir) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the run
+            return _train(cfg, yaml, rank, world, device)
     finally:
         parallel.shutdown()
 
@@ -121,6 +122,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         precision = resolve_precision(tc.precision, device)
     except ValueError as e:
         raise ConfigError(f"trainer.{e}") from None
+    guard = NonFinite(tc)
     run = Path(cfg.run_dir)
     init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
     if cfg.stage in ("sft", "dpo", "grpo") and init is None and not cfg.resume:
@@ -208,6 +210,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
             set_lr(opt, lr)
             micro = batches.batch(step)
             total = parallel.all_sum(sum(objective.norm(m) for m in micro).detach().clone())  # the global batch's
+            step_stats = torch.zeros_like(sums)
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
                 sync = net.no_sync() if world > 1 and tc.parallel == "ddp" and not last else contextlib.nullcontext()
@@ -216,13 +219,13 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
                         obj, stats = objective(net, m)
                     # / total: the mean over the global batch; * world: DDP and FSDP average gradients
                     (obj / total * world).backward()
-                sums += stats
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
+                step_stats += stats
+            if guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step):  # the same on every rank
+                opt.step()
+                sums += step_stats
+                if ema:
+                    ema.update(model)
             opt.zero_grad(set_to_none=True)
-            if ema:
-                ema.update(model)
             step += 1
             tokens_seen += batches.tokens_per_step
             if step % tc.log_every == 0 or step == tc.max_steps:
@@ -230,11 +233,12 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
                 sums.zero_()
                 elapsed = time.perf_counter() - t0
                 tok_s = tokens_seen / elapsed
-                row = {"step": step, **objective.metrics(s), "lr": lr, "tok_s": tok_s,
+                stats = objective.metrics(s) if any(s) else {}  # none when every step since the last row was skipped
+                row = {"step": step, **stats, "skipped_steps": guard.take(), "lr": lr, "tok_s": tok_s,
                        "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device), "elapsed_s": elapsed}
                 if metrics:
                     metrics.write(row)
-                    shown = "  ".join(f"{k} {row[k]:.3f}" for k in objective.shown)
+                    shown = "  ".join(f"{k} {row[k]:.3f}" for k in objective.shown if k in row)
                     bar.update(task, completed=step, info=f"{shown}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
                                                           f"MFU {row['mfu']:.0%}  {row['mem_mib']:,.0f} MiB")
             if step % tc.image_every == 0 or step == tc.max_steps:
