@@ -147,10 +147,9 @@ def clip_gradients(params, max_norm: float) -> torch.Tensor:
 
 
 class NonFinite:
-    """What a step does when its gradient is NaN or Inf (trainer.nonfinite): the optimizer skips it, or
-    the run stops before its next checkpoint, so that the last one written is the last good one. A step
-    whose loss is not finite has such a gradient, so the one norm decides both. Reading the norm is a device
-    sync: one per step, the price of never stepping on a NaN."""
+    """What a step does when its loss or gradient is NaN or Inf (trainer.nonfinite): the optimizer skips it, or
+    the run stops before its next checkpoint, so that the last one written is the last good one. Reading
+    the norm and the loss is a device sync: one per step, the price of never stepping on a NaN."""
 
     def __init__(self, cfg: TrainerConfig) -> None:
         if cfg.nonfinite not in ("skip", "stop"):
@@ -159,11 +158,14 @@ class NonFinite:
         self.skipped = 0  # since the last log row
         self.streak = 0
 
-    def ok(self, norm: torch.Tensor, step: int, what: str = "gradient") -> bool:
-        """True when the step may be taken; False (after a warning) when it is to be skipped."""
-        if bool(torch.isfinite(norm)):
+    def ok(self, norm: torch.Tensor, loss: torch.Tensor, step: int, part: str = "") -> bool:
+        """True when the step may be taken; False (after a warning) when it is to be skipped. `loss` counts
+        too: a loss of +Inf can have a finite gradient (the derivative of x + inf is 1)."""
+        grad_ok, loss_ok = torch.stack([norm.isfinite(), loss.detach().isfinite()]).tolist()  # one sync
+        if grad_ok and loss_ok:
             self.streak = 0
             return True
+        what = f"{part}{' ' if part else ''}{'loss' if not loss_ok else 'gradient'}"
         self.streak += 1
         if self.cfg.nonfinite == "stop" or self.streak > self.cfg.nonfinite_limit:
             why = "trainer.nonfinite=stop" if self.cfg.nonfinite == "stop" else \

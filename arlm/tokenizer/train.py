@@ -152,7 +152,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None) -> Path:
                 logs.update(g=g, g_weight=w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            good = guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step)
+            good = guard.ok(clip_gradients(model.parameters(), tc.grad_clip), loss, step)
             if good:
                 opt.step()
                 if ema:
@@ -167,7 +167,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None) -> Path:
                     lecam.update(real, fake)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
-                if guard.ok(clip_gradients(disc.parameters(), 0), step, "discriminator gradient"):
+                if guard.ok(clip_gradients(disc.parameters(), 0), d_loss, step, "discriminator"):
                     opt_d.step()
                 logs.update(d=d_loss, logits_real=real.mean(), logits_fake=fake.mean())
             usage.update(indices)

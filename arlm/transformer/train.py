@@ -210,7 +210,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
             set_lr(opt, lr)
             micro = batches.batch(step)
             total = parallel.all_sum(sum(objective.norm(m) for m in micro).detach().clone())  # the global batch's
-            step_stats = torch.zeros_like(sums)
+            step_stats, step_loss = torch.zeros_like(sums), torch.zeros((), device=device)
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
                 sync = net.no_sync() if world > 1 and tc.parallel == "ddp" and not last else contextlib.nullcontext()
@@ -220,7 +220,9 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
                     # / total: the mean over the global batch; * world: DDP and FSDP average gradients
                     (obj / total * world).backward()
                 step_stats += stats
-            if guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step):  # the same on every rank
+                step_loss += obj.detach()
+            parallel.all_sum(step_loss)  # the gradient norm is the same on every rank; the loss is made so
+            if guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step_loss, step):
                 opt.step()
                 sums += step_stats
                 if ema:
