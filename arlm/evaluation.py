@@ -10,7 +10,7 @@ from itertools import islice
 from pathlib import Path
 
 from arlm.config import EvalImagesConfig
-from arlm.data.shards import SkipCounter
+from arlm.data.shards import BadImage, SkipCounter
 from arlm.data.sources import Item, iter_items
 from arlm.judge import judge_many, summarize
 from arlm.log import progress
@@ -25,8 +25,8 @@ def eval_images(src: str, cfg: EvalImagesConfig) -> dict:
         for item in source:
             try:
                 item.load()
-            except Exception:  # any decoder error: count it, judge the rest
-                skips.add("corrupt image", item.where)
+            except BadImage as e:  # count it, judge the rest
+                skips.add(e.reason, f"{item.where} ({e.detail})")
                 continue
             pending.append(item)
             yield item

@@ -36,10 +36,11 @@ def tokenize_cmd(
 ) -> None:
     """Print one JSON line per image: path, h, w, tokens (rows of ids). Unreadable images are reported on
     stderr and skipped; the exit code is 1 if any failed."""
+    from arlm.data.sources import stdin_text
     from arlm.tokenizer.codec import load_tokenizer, tokenize
 
     tok = load_tokenizer(tokenizer, device)
-    paths = (ln.strip() for ln in sys.stdin if ln.strip()) if images == ["-"] else images
+    paths = (ln.strip() for ln in stdin_text() if ln.strip()) if images == ["-"] else images
     report(tokenize(tok, paths, size), emit)
 
 

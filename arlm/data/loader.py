@@ -38,6 +38,7 @@ from arlm.synth import parse_size
 
 
 BUSY_TRIES = 4  # data.crop=busy: windows drawn per sample, the busiest kept
+SLIVER = 16  # resize_crop resizes only the window of an image this many times the target's area once scaled
 
 
 def resize_crop(image: Image.Image, size: tuple[int, int], rng: random.Random | None = None) -> Image.Image:
@@ -47,9 +48,11 @@ def resize_crop(image: Image.Image, size: tuple[int, int], rng: random.Random | 
         return image
     scale = max(h / image.height, w / image.width)
     rw, rh = max(w, round(image.width * scale)), max(h, round(image.height * scale))
-    image = image.resize((rw, rh), Image.BICUBIC, reducing_gap=3.0)
     x = rng.randint(0, rw - w) if rng else (rw - w) // 2
     y = rng.randint(0, rh - h) if rng else (rh - h) // 2
+    if rw * rh > SLIVER * w * h:  # a 1 x 80,000 sliver would be resized to gigabytes: resize the window only
+        return image.resize((w, h), Image.BICUBIC, box=(x / scale, y / scale, (x + w) / scale, (y + h) / scale))
+    image = image.resize((rw, rh), Image.BICUBIC, reducing_gap=3.0)
     return image.crop((x, y, x + w, y + h))
 
 

@@ -6,6 +6,10 @@ shard that webdataset reads, arimg reads the same way. What cannot be used (a tr
 that does not decode, a sample without caption) is skipped, counted by reason and logged: never fatal,
 never silent. Counters live in shared memory so that DataLoader workers add to the same totals.
 
+Nothing read from a shard is ever extracted to disk; still, a member named outside the shard (an absolute
+path, a `..` component) or one that is not a plain file (a link, a device) marks its sample unsafe, and the
+sample is skipped: a key like `../x` would otherwise become a file name in whatever is written from it.
+
 Writing is deterministic (fixed tar headers: same samples, same bytes) and atomic (temp file + rename),
 so a killed writer never leaves a half shard under a final name.
 """
@@ -17,7 +21,9 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import tarfile
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +38,10 @@ from arlm.log import log
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 REASONS = ("truncated shard", "no image", "no caption", "corrupt image", "corrupt json", "no tokens", "corrupt tokens",
-           "filtered out")
+           "corrupt pair", "filtered out", "image too large", "unsafe member")
+# Pillow's own warning threshold (about 89 M pixels, 358 MB as RGBA): above it Pillow only warns, and
+# decoding such an image costs seconds and gigabytes; its header is enough to refuse it
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 WARN_LIMIT = 5  # per reason; the totals are logged at the end anyway
 QUIET = ("filtered out",)  # asked for (a filter), not a fault: only counted
 
@@ -99,30 +108,80 @@ class Decoded:
     url: str
 
 
+class BadImage(Exception):
+    """An image that cannot be used; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason} ({detail})")
+        self.reason, self.detail = reason, detail
+
+
+def open_image(src: bytes | str | os.PathLike) -> tuple[Image.Image, str | None]:
+    """(RGB image, format as Pillow names it) of encoded bytes or a file; BadImage when it cannot be used.
+
+    Every reader of images goes through here, so that all refuse the same things: an image over MAX_PIXELS
+    ('image too large', judged from its header before any pixel is decoded: a 20,000 x 20,000 PNG of one
+    colour is a few hundred kB on disk and 1.6 GB in memory), and anything Pillow cannot decode or convert
+    ('corrupt image': Pillow raises OSError, SyntaxError, ValueError, struct.error and more on bad data).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette transparency notes: one line per image on stderr
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise BadImage("image too large", f"{image.width}x{image.height}")
+                if image.width < 1 or image.height < 1:
+                    raise BadImage("corrupt image", f"{image.width}x{image.height}")
+                image.load()  # decoding is lazy: force it so that truncated data fails here
+                return image.convert("RGB"), image.format
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("image too large", str(e).split(" exceeds")[0]) from None
+    except Exception as e:  # any decoder failure means: not a usable image
+        raise BadImage("corrupt image", e.__class__.__name__) from None
+
+
+def _unsafe(info: tarfile.TarInfo) -> bool:
+    """A member that no file written from it may be named after: outside the shard, or not a plain file."""
+    return info.name.startswith("/") or ".." in info.name.split("/") or not (info.isreg() or info.isdir())
+
+
+def _complete(sample: dict | None, unsafe: bool, skips: SkipCounter) -> Iterator[dict]:
+    if sample is not None and unsafe:
+        skips.add("unsafe member", f"{sample['__url__']}:{sample['__key__']}")
+    elif sample is not None:
+        yield sample
+
+
 def raw_samples(urls: Iterable[str], skips: SkipCounter) -> Iterator[dict]:
     """Webdataset sample dicts (`__key__`, `__url__`, one bytes entry per extension) from local shards.
 
     Files are grouped into samples by webdataset's own key rule (the name up to the first dot of its last
     component). A shard that breaks off is counted once; the sample it was in the middle of is dropped.
+    A sample with an unsafe member (see the module's docstring) is counted and dropped.
     """
     for url in urls:
         current: dict | None = None
+        unsafe = False
         try:
             with tarfile.open(url, mode="r|*") as tar:
                 for info in tar:
                     key, ext = base_plus_ext(info.name)
-                    if not info.isreg() or key is None or os.path.basename(info.name).startswith("__"):
+                    if info.isdir() or key is None or os.path.basename(info.name).startswith("__"):
                         continue
                     if current is None or current["__key__"] != key:
-                        if current is not None:
-                            yield current
-                        current = {"__key__": key, "__url__": url}
+                        yield from _complete(current, unsafe, skips)
+                        current, unsafe = {"__key__": key, "__url__": url}, False
+                    if _unsafe(info):
+                        unsafe = True
+                        continue
                     current[ext.lower()] = tar.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as e:
             skips.add("truncated shard", f"{url} ({e})")
             current = None
-        if current is not None:
-            yield current
+        yield from _complete(current, unsafe, skips)
 
 
 def decode(raw: dict, skips: SkipCounter) -> Decoded | None:
@@ -141,20 +200,26 @@ def decode(raw: dict, skips: SkipCounter) -> Decoded | None:
         skips.add("no caption", where)
         return None
     try:
-        image = Image.open(io.BytesIO(raw[ext]))
-        image.load()  # decoding is lazy: force it so that truncated data fails here
-        image = image.convert("RGB")
-    except Exception:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
-        skips.add("corrupt image", where)
+        image, _ = open_image(raw[ext])
+    except BadImage as e:
+        skips.add(e.reason, f"{where} ({e.detail})")
         return None
     meta = None
     if "json" in raw:
-        try:
-            meta = json.loads(raw["json"])
-        except ValueError:
+        meta = read_meta(raw["json"])
+        if meta is None:
             skips.add("corrupt json", where)
             return None
     return Decoded(key=raw["__key__"], image=image, caption=caption, meta=meta, url=raw["__url__"])
+
+
+def read_meta(data: bytes | str) -> dict | None:
+    """A sample's JSON record, or None when it is not a JSON object (bad bytes, a list, nesting too deep)."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def read_shards(shards: str | Iterable[str], skips: SkipCounter | None = None) -> Iterator[Decoded]:
@@ -176,6 +241,12 @@ def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info, io.BytesIO(data)
+
+
+def safe_key(key: str) -> str:
+    """A key ShardWriter accepts, from a key read from a shard: a webdataset key may hold folders and dots
+    (`./000001`, `part.1/000001`), which a written key may not."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", key).strip("_") or "sample"
 
 
 class ShardWriter:
@@ -227,9 +298,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard in progress (its temp file), keep the finished ones."""
         if self._tar is not None:
-            self._tar.close()
+            tar, self._tar = self._tar, None
+            with contextlib.suppress(OSError):  # on a full disk closing fails too: the file goes all the same
+                tar.close()
             self._path.with_suffix(".tar.tmp").unlink(missing_ok=True)
-            self._tar = None
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, prefix: str = "shard", overwrite: bool = False) -> list[Path]:

@@ -6,7 +6,9 @@
   from stdin;
 - anything else is taken as shards (a brace pattern, a `.tar`, a folder of `.tar` files).
 
-Items that cannot be used are skipped and counted with the shard reader's reasons.
+Items that cannot be used are skipped and counted with the shard reader's reasons. A manifest is read as
+UTF-8 with undecodable bytes kept (surrogate escapes, as Python does for file names): a path in another
+encoding still names its file, and a caption that is not UTF-8 is counted as 'no caption'.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from PIL import Image
 
-from arlm.data.shards import SkipCounter, expand, read_shards
+from arlm.data.shards import SkipCounter, expand, open_image, read_meta, read_shards
 from arlm.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -37,12 +40,9 @@ class Item:
     format: str | None = None  # the file's format as Pillow names it (PNG, JPEG, ...), after `load`
 
     def load(self) -> Image.Image:
-        """Decode (once); raises on a corrupt image."""
+        """Decode (once); raises BadImage (with its reason) on an image that cannot be used."""
         if self.image is None:
-            image = Image.open(io.BytesIO(self.data))
-            image.load()  # decoding is lazy: force it so that truncated data fails here
-            self.format = image.format
-            self.image = image.convert("RGB")
+            self.image, self.format = open_image(self.data)
         return self.image
 
 
@@ -59,7 +59,7 @@ def _file_item(path: Path, caption: str, meta: dict, skips: SkipCounter) -> Item
         return None
     try:
         data = path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         skips.add("no image", str(path))
         return None
     return Item(where=str(path), caption=caption, meta=meta, data=data)
@@ -75,11 +75,10 @@ def iter_folder(folder: Path, skips: SkipCounter) -> Iterator[Item]:
 
 def _folder_items(paths: list[Path], skips: SkipCounter) -> Iterator[Item]:
     for p in paths:
-        meta: dict = {}
+        meta: dict | None = {}
         if p.with_suffix(".json").is_file():
-            try:
-                meta = json.loads(p.with_suffix(".json").read_text())
-            except ValueError:
+            meta = read_meta(p.with_suffix(".json").read_bytes())
+            if meta is None:
                 skips.add("corrupt json", str(p.with_suffix(".json")))
                 continue
         item = _file_item(p, _read_caption(p.with_suffix(".txt")), meta, skips)
@@ -87,20 +86,42 @@ def _folder_items(paths: list[Path], skips: SkipCounter) -> Iterator[Item]:
             yield item
 
 
+def stdin_text() -> TextIO:
+    """Standard input as UTF-8 text that keeps undecodable bytes as surrogate escapes, as argv does: file
+    names need not be UTF-8."""
+    buffer = getattr(sys.stdin, "buffer", None)  # None when a test has put a StringIO there
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape") if buffer else sys.stdin
+
+
 def _manifest_rows(src: str) -> Iterator[tuple[int, dict | None]]:
     """(line number, row or None) of a manifest; opened and checked now, read lazily."""
     if src == "-":
-        return _json_rows(sys.stdin)
+        return _json_rows(stdin_text())
     path = Path(src)
     if not path.is_file():
         raise UserError(f"no such manifest: {src}")
-    f = path.open(encoding="utf-8", newline="")
+    f = path.open(encoding="utf-8", errors="surrogateescape", newline="")
     if path.suffix.lower() != ".csv":
         return _json_rows(f)
     reader = csv.DictReader(f)
-    if not reader.fieldnames or "path" not in reader.fieldnames:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as e:
+        raise UserError(f"{src}: not a CSV manifest ({e})") from None
+    if not fieldnames or "path" not in fieldnames:
         raise UserError(f"{src}: a CSV manifest needs a header with 'path' and 'caption' columns")
-    return enumerate(reader, start=2)
+    return _csv_rows(reader)
+
+
+def _csv_rows(reader: csv.DictReader) -> Iterator[tuple[int, dict | None]]:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # a field over csv.field_size_limit(), a stray quote: this row only
+            row = None
+        yield reader.line_num, row
 
 
 def _json_rows(lines) -> Iterator[tuple[int, dict | None]]:
@@ -109,9 +130,17 @@ def _json_rows(lines) -> Iterator[tuple[int, dict | None]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
         yield n, row if isinstance(row, dict) else None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate escape: a byte that was not UTF-8
+        return False
+    return True
 
 
 def iter_manifest(src: str, skips: SkipCounter) -> Iterator[Item]:
@@ -122,12 +151,15 @@ def iter_manifest(src: str, skips: SkipCounter) -> Iterator[Item]:
 def _manifest_items(src: str, rows, base: Path, skips: SkipCounter) -> Iterator[Item]:
     for n, row in rows:
         where = f"{src}:{n}"
-        if row is None or not row.get("path"):
-            skips.add("no image", f"{where} (not a JSON object with a 'path')")
+        if row is None or not isinstance(row.get("path"), str) or not row["path"]:
+            skips.add("no image", f"{where} (no 'path')")
             continue
         path = Path(row["path"])
         path = path if path.is_absolute() else base / path
         caption = str(row.get("caption", row.get("prompt", "")) or "").strip()
+        if not _is_utf8(caption):
+            skips.add("no caption", f"{where} (not UTF-8)")
+            continue
         meta = {k: v for k, v in row.items() if k not in ("path", "caption", "prompt")}
         item = _file_item(path, caption, meta, skips)
         if item is not None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from arlm import synth
-from arlm.data.shards import ShardWriter, SkipCounter, encode_png, prepare_out_dir
+from arlm import lock, synth
+from arlm.data.shards import BadImage, ShardWriter, SkipCounter, encode_png, prepare_out_dir
 from arlm.data.sources import iter_files
 from arlm.errors import UserError
 from arlm.log import log, progress
@@ -63,28 +63,28 @@ def write_synth(out: str | Path, n: int, size: tuple[int, int], seed: int = 0, k
         raise UserError(f"--n must be >= 1, got {n}")
     kinds = tuple(kinds)
     synth.check_kinds(kinds)
-    old = prepare_out_dir(out, overwrite=overwrite)
-    jobs = ((i, seed, size, kinds) for i in range(n))
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or n < 256:
-        yield from _write_all(ShardWriter(out, shard_size), map(_synth_files, jobs), old, n, "synth")
-        return
-    with mp.get_context("fork").Pool(workers) as pool:
-        yield from _write_all(ShardWriter(out, shard_size), pool.imap(_synth_files, jobs, chunksize=32), old, n, "synth")
+    with lock.hold(out):
+        old = prepare_out_dir(out, overwrite=overwrite)
+        jobs = ((i, seed, size, kinds) for i in range(n))
+        workers = workers or os.cpu_count() or 1
+        if workers == 1 or n < 256:
+            yield from _write_all(ShardWriter(out, shard_size), map(_synth_files, jobs), old, n, "synth")
+            return
+        with mp.get_context("fork").Pool(workers) as pool:
+            yield from _write_all(ShardWriter(out, shard_size), pool.imap(_synth_files, jobs, chunksize=32), old, n,
+                                  "synth")
 
 
 def pack(src: str, out: str | Path, shard_size: int = 1000, overwrite: bool = False) -> Iterator[Path]:
     """Shards from a folder of images with .txt captions, or a JSONL/CSV manifest (path, caption)."""
     skips = SkipCounter()
     items = iter_files(src, skips)  # opens and checks the source now
-    old = prepare_out_dir(out, overwrite=overwrite)
-
     def samples():
         for i, item in enumerate(items):
             try:
                 image = item.load()
-            except Exception:  # any decoder error: this file is not a usable image
-                skips.add("corrupt image", item.where)
+            except BadImage as e:
+                skips.add(e.reason, f"{item.where} ({e.detail})")
                 continue
             fmt = KEEP_FORMATS.get(item.format or "")
             data = item.data if fmt else encode_png(image)
@@ -92,6 +92,8 @@ def pack(src: str, out: str | Path, shard_size: int = 1000, overwrite: bool = Fa
             files = {fmt or "png": data, "txt": item.caption.encode("utf-8"), "json": json.dumps(meta).encode()}
             yield f"{i:08d}", files
 
-    yield from _write_all(ShardWriter(out, shard_size), samples(), old, None, "pack")
+    with lock.hold(out):
+        old = prepare_out_dir(out, overwrite=overwrite)
+        yield from _write_all(ShardWriter(out, shard_size), samples(), old, None, "pack")
     skips.log_summary()
 

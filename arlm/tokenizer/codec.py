@@ -15,6 +15,7 @@ each on stderr and skipped; the caller exits non-zero at the end if any failed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -24,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from arlm import checkpoint
+from arlm import checkpoint, lock
 from arlm.config import DataConfig, TrainTokenizerConfig
 from arlm.data.loader import ShardLoader, resize_crop
-from arlm.data.shards import new_shard_set
+from arlm.data.shards import BadImage, new_shard_set, open_image, safe_key
 from arlm.errors import UserError
 from arlm.log import log, progress
 from arlm.synth import parse_size
@@ -80,11 +81,9 @@ def _safe_stem(path: str) -> str:
 
 def read_image(path: str, size: tuple[int, int] | None) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read image ({e.__class__.__name__})") from None
+        image, _ = open_image(path)
+    except BadImage as e:
+        raise UserError(f"{path}: cannot read image: {e}") from None
     return resize_crop(image, size) if size else image
 
 
@@ -158,7 +157,8 @@ def pretokenize(tok: Loaded, data: DataConfig, out_dir: str | Path, shard_size: 
     prefix = "shard" if loader.world_size == 1 else f"shard-r{loader.rank:03d}"
     dtype = token_dtype(tok.model.codebook_size)
     n = 0
-    with new_shard_set(out_dir, shard_size, prefix, overwrite) as writer, progress() as bar:
+    with lock.hold(out_dir) if loader.rank == 0 else contextlib.nullcontext(), \
+            new_shard_set(out_dir, shard_size, prefix, overwrite) as writer, progress() as bar:
         task = bar.add_task("pretokenize", total=None, info="")
         for batch in loader:
             tokens = tok.encode(batch["image"]).numpy().astype(dtype)  # (B, h, w)
@@ -166,7 +166,7 @@ def pretokenize(tok: Loaded, data: DataConfig, out_dir: str | Path, shard_size: 
                 buf = io.BytesIO()
                 np.save(buf, codes)
                 record = {**(meta or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
-                writer.write(key, {"npy": buf.getvalue(), "txt": caption.encode(), "json": json.dumps(record).encode()})
+                writer.write(safe_key(key), {"npy": buf.getvalue(), "txt": caption.encode(), "json": json.dumps(record).encode()})
             n += len(batch["key"])
             bar.update(task, completed=n, info=f"{n} samples")
     info = {"tokenizer": str(tok.ckpt), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,

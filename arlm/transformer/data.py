@@ -100,7 +100,8 @@ def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipC
         except ValueError:
             skips.add("corrupt tokens", where)
             continue
-        if codes.shape != tuple(info.grid) or codes.min() < 0 or codes.max() >= info.codebook_size:
+        if codes.dtype.kind not in "iu" or codes.shape != tuple(info.grid) or codes.min() < 0 \
+                or codes.max() >= info.codebook_size:
             skips.add("corrupt tokens", where)
             continue
         if not keep(caption, record):

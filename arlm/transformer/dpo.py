@@ -145,7 +145,8 @@ class PrefBatches(Batches):
             except (KeyError, ValueError, TypeError):
                 skips.add("corrupt pair", where)
                 continue
-            if any(c.shape != tuple(self.info.grid) or c.min() < 0 or c.max() >= self.info.codebook_size for c in pair) \
+            if any(c.dtype.kind not in "iu" or c.shape != tuple(self.info.grid) or c.min() < 0
+                   or c.max() >= self.info.codebook_size for c in pair) \
                     or len(ref) != 2:
                 skips.add("corrupt pair", where)
                 continue

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arlm import lock
 from arlm.config import MakePrefsConfig
 from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
 from arlm.errors import ConfigError
@@ -124,6 +125,11 @@ def reference_logps(model, vocab: Vocab, prompts: list[str], codes: torch.Tensor
 
 def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     """`arimg make-prefs` (cfg: arlm.config.MakePrefsConfig); the JSON report."""
+    with lock.hold(cfg.out):
+        return _make_prefs(ckpt, cfg)
+
+
+def _make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     from arlm.viz import contact_sheet
 
     if cfg.k < 2 or cfg.batch_size < 1 or cfg.shard_size < 1:
