@@ -11,7 +11,7 @@ from arimg.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, em
 
 
 def _run(stage: str, overrides: list[str] | None, print_config: bool) -> None:
-    from arlm.transformer.parallel import is_main
+    from arlm.parallel import is_main
     from arlm.transformer.train import train
 
     cfg = configured(stage, overrides, print_config)

@@ -11,7 +11,7 @@ set-up and loop, is shared.
 
 The loop: AdamW (no decay on norms and embeddings), warmup + cosine, gradient accumulation, clipping,
 autocast (bf16 where it is fast, arlm.perf), optional torch.compile and weight EMA; parallelism is applied
-from outside (arlm.transformer.parallel). Every `log_every` steps a metrics row (loss, visual loss, lr,
+from outside (arlm.parallel). Every `log_every` steps a metrics row (loss, visual loss, lr,
 tokens/s, MFU against the matmul peak measured at start, memory); every `image_every` a sample grid of the
 fixed prompts, judged (arlm.judge), and loss/judge plots; every `ckpt_every` an atomic checkpoint with the
 vocabulary. Rank 0 alone writes; every rank runs the same steps. The batch of a step is a function of the
@@ -37,7 +37,7 @@ from arlm.errors import ConfigError, UserError
 from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
-from arlm.transformer import parallel
+from arlm import parallel
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
