@@ -363,8 +363,8 @@ def _check_overrides(overrides: list[str]) -> None:
     """A ConfigError for a command-line override that would reach past the schema: an interpolation
     (resolvers such as oc.env read the environment, so `run_dir=${oc.env:HOME}/x` writes where the user
     never typed), adding or deleting a key (+, ++, ~: every key is in the schema), Hydra's own settings
-    (unused by arimg) or `key=` with no value (then `run_dir` or `init_from` would silently be '', the
-    current folder)."""
+    (unused by arimg), `key=` with no value (then `run_dir` or `init_from` would silently be '', the
+    current folder) or a config group set to something that is no name (`model=null`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
@@ -382,6 +382,11 @@ def _check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"{key}: Hydra's own settings are not used by arimg")
         if line.split("=", 1)[1].strip() == "":
             raise ConfigError(f"{key}= has no value: write {key}=null for none or {key}='' for an empty string")
+        if not key:
+            raise ConfigError(f"an override is key=value, got {_short(line)}")
+        if key in GROUPS and not o.is_sweep_override() and not isinstance(o.value(), (str, list)):
+            # Hydra itself raises a bare ValueError
+            raise ConfigError(f"{key}: a config group takes a preset name (conf/{key}/), got {_short(line)}")
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:

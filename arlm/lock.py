@@ -3,8 +3,9 @@ use is refused by, instead of interleaving its files with the first one's.
 
 The lock is `fcntl.flock` on `FOLDER/.arimg.lock`. The kernel drops a flock when its process dies, however it
 dies, so a lock left by a killed process never blocks anyone: the next writer takes it over, and says so,
-because the file still names the dead holder (a clean exit empties it). The file itself stays, so that two
-writers can never lock two different files of the same name (unlinking it would allow that race).
+because the file is still there and names the dead holder (a clean exit removes it). A writer that locked
+the file just as its holder removed it finds the name gone or pointing elsewhere, and tries again: two
+writers never hold two files of the same name.
 """
 
 from __future__ import annotations
@@ -50,13 +51,23 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderBusy(f"{folder} is in use by {_holder_text(_read(fd))}: wait for it to end, or point "
-                             f"this command at another folder") from None
+            holder = _holder_text(_read(fd))
+            os.close(fd)
+            raise FolderBusy(f"{folder} is in use by {holder}: wait for it to end, or point this command at "
+                             f"another folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder released (removed) this file between our open and our lock: again
+    try:
         stale = _read(fd)
         if stale:  # the holder died without releasing (a kill, a crash): the kernel freed its lock
             log.warning("took over the lock of %s left by %s, which is no longer running", folder, _holder_text(stale))
@@ -64,9 +75,7 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(me).encode())
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # a clean release: the next holder has nothing to take over
+        yield
     finally:
-        os.close(fd)  # closing drops the flock
+        path.unlink(missing_ok=True)  # released by a live process: the next holder has nothing to take over
+        os.close(fd)  # closing drops the flock; a killed process skips the line above, not this

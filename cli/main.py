@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0  # the reader went away (`| head`): not an error of ours
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT,
+                       errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR):
             return _fail(f"{e.strerror}: {e.filename or ''}", 1)
         raise
     return rc if isinstance(rc, int) else 0

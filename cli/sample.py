@@ -44,7 +44,7 @@ def sample_cmd(
     files are named by prompt and image number, never by prompt text. A bad prompt (too long, not UTF-8)
     is reported on stderr and the others go on; the exit code is 1 if any failed."""
     from arlm.errors import ConfigError
-    from arlm.transformer.sample import Request, Sampler, Settings, read_prompts
+    from arlm.transformer.sample import Request, Sampler, Settings, argv_prompts, read_prompts
 
     try:
         lo, hi = (float(v) for v in cfg_interval.split(","))
@@ -65,5 +65,5 @@ def sample_cmd(
     else:
         sampler = Sampler(ckpt, settings, request, device)
     stdin = prompt == ["-"]
-    prompts = read_prompts(sys.stdin.buffer) if stdin else prompt
+    prompts = read_prompts(sys.stdin.buffer) if stdin else argv_prompts(prompt)
     report(sampler.run(prompts, out, eager=stdin, total=None if stdin else len(prompt)), emit)

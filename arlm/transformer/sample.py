@@ -395,6 +395,20 @@ class Sampler:
         yield from records
 
 
+def argv_prompts(prompts: Iterable[str]) -> Iterator[str | Exception]:
+    """Prompts from the command line; one that is not UTF-8 (Python keeps such argv bytes as lone surrogates,
+    which no tokenizer can encode) is an error of its own, as on stdin."""
+    from arlm.errors import UserError
+
+    for n, prompt in enumerate(prompts, 1):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            yield UserError(f"prompt {n}: not UTF-8")
+        else:
+            yield prompt
+
+
 def read_prompts(stream) -> Iterator[str | Exception]:
     """Prompts from a binary stream, one per line, as they come; a line that is not UTF-8 is an error
     of its own (the others go on). An empty line is the empty prompt: an unconditional sample."""

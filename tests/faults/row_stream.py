@@ -18,7 +18,7 @@ from pathlib import Path
 
 from arlm.synth import single_prompts
 from tests.faults.common import Row, env
-from tests.faults.tiny import tiny_lm
+from tests.faults import build
 
 FLAT = 0.10  # largest growth of RSS over the run, as a share of the start
 
@@ -83,7 +83,7 @@ def run(trials: int, workdir: Path, prompts: int = 10_000, ckpt: Path | None = N
     row = Row("streaming load", test="tests/faults/test_stream.py::test_streaming_load_is_flat_and_ordered")
     row.rss, row.lines_per_s = [], []
     workdir = Path(workdir)
-    ckpt = ckpt or tiny_lm(workdir / "model")
+    ckpt = ckpt or build.lm(workdir)
     text = lines(prompts)
     t0, previous = time.perf_counter(), None
     for t in range(trials):

@@ -22,9 +22,21 @@ def test_the_lock_is_refused_in_process_and_released_after(tmp_path):
         with pytest.raises(FolderBusy, match=f"in use by pid {os.getpid()}"):
             with hold(tmp_path):
                 pass
-    with hold(tmp_path):  # released: a clean exit leaves nothing to take over
+    with hold(tmp_path):  # released: a clean exit leaves nothing to take over, not even the file
         pass
-    assert (tmp_path / ".arimg.lock").read_text() == ""
+    assert not (tmp_path / ".arimg.lock").exists()
+
+
+def test_a_failing_command_releases_its_lock_as_a_clean_exit_does(tmp_path):
+    from arlm.errors import UserError
+    from arlm.lock import hold
+
+    try:
+        with hold(tmp_path):
+            raise UserError("bad input")
+    except UserError:
+        pass
+    assert not (tmp_path / ".arimg.lock").exists()
 
 
 def test_a_killed_holder_s_lock_is_taken_over(tmp_path, caplog):
