@@ -10,7 +10,9 @@ under any other, and in one process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -63,6 +65,71 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_object(obj) -> list:
+    """Every process's picklable `obj`, in rank order; [obj] in one process."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Collectives:
+    """Sums, gathers and broadcasts over the processes, for state that must stay the same on every one of
+    them (a quantizer's codebook, code usage): the methods of arlm.quantizers.common.Local, each the identity
+    in one process. Every process calls each method with a tensor of the same shape."""
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return all_sum(t)
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        if not dist.is_initialized():
+            return t
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        if dist.is_initialized():
+            t = t.contiguous()
+            dist.broadcast(t, src=0)
+        return t
+
+    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if not dist.is_initialized():
+            return t
+        from torch.distributed.nn.functional import all_reduce
+
+        # the backward all-reduces the gradient too: each process's t gets the gradient of every copy of the
+        # mean, and DDP's averaging over processes then makes it the one-process gradient of the global mean
+        return all_reduce(t) / dist.get_world_size()
+
+
+def replicate(module: nn.Module, world: int) -> nn.Module:
+    """DDP for a model trained whole on every process (the tokenizer, its discriminator); `module` itself when
+    world == 1. Buffers are not broadcast at every forward: they are either constant or kept in step by their
+    owner (a quantizer's codebook state, through Collectives)."""
+    if world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, forward_sync_buffers=False)
+
+
+@contextlib.contextmanager
+def mean_grad(t: torch.Tensor) -> Iterator[None]:
+    """Inside, a gradient computed for the leaf `t` (torch.autograd.grad included, which DDP does not
+    average) is its mean over processes: the gradient of the global batch's mean loss."""
+    if not dist.is_initialized():
+        yield
+        return
+    handle = t.register_hook(lambda g: all_sum(g.clone()) / dist.get_world_size())
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def parallelize(model: nn.Module, how: str, compile: bool, world: int) -> nn.Module:

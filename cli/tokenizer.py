@@ -21,7 +21,11 @@ def train_tokenizer(
     from arlm.tokenizer.train import train
 
     cfg = configured("train_tokenizer", overrides, print_config)
-    emit_path(train(cfg, to_yaml(cfg)))
+    from arlm.parallel import is_main
+
+    run = train(cfg, to_yaml(cfg))
+    if is_main():  # under torchrun one line, not one per process
+        emit_path(run)
 
 
 def _tokenizer_option():

@@ -7,14 +7,19 @@ and centre- or randomly-cropped to the configured (H, W); an image already at th
 so synthetic pixels stay exact. `crop_size` then takes a smaller window at that resolution (training a
 convolutional tokenizer on patches: more, cheaper steps from the same pixels).
 
+With `split=True` (training with data.batch_size the global batch) every rank reads the one stream that a
+single process reads and keeps its own contiguous part of each global batch: rank r the samples r*B/n ..
+(r+1)*B/n - 1 of every B, the others read but not decoded. n processes then train on exactly the batches
+of one process (on a clean data set; a corrupt sample shifts only its own rank's part).
+
 Every rank must take the same number of optimizer steps. With `repeat=True` (training) the stream never
 ends, so steps are counted by the trainer. With `repeat=False` (one pass: pre-tokenizing, evaluation),
 each rank asks all ranks after every batch whether they still have one, and all stop together at the
 shortest; the few samples this drops are logged.
 
-Resume: `ShardLoader.state_dict()` records, per reader, how many raw samples lie behind the batches handed
-out; `load_state_dict` makes a new loader skip them (read, not decoded) and go on with exactly the batches
-the interrupted run would have seen next: shuffling is seeded per (seed, epoch, reader), shuffles raw
+Resume: `ShardLoader.state_dict()` records, per reader (per rank and reader when split), how many raw
+samples lie behind the batches handed out; `load_state_dict` makes a new loader skip them (read, not
+decoded) and go on with exactly the batches the interrupted run would have seen next: shuffling is seeded per (seed, epoch, reader), shuffles raw
 samples before decoding, and random crops are seeded per sample.
 """
 
@@ -84,8 +89,13 @@ def dist_info() -> tuple[int, int]:
 class ShardDataset(IterableDataset):
     """Samples as dicts: image (3, H, W) uint8, caption str, meta dict or None, key str."""
 
-    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, repeat: bool = False) -> None:
-        self.cfg, self.rank, self.world_size, self.repeat = cfg, rank, world_size, repeat
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, repeat: bool = False,
+                 split: bool = False) -> None:
+        self.cfg, self.rank, self.world_size, self.repeat, self.split = cfg, rank, world_size, repeat, split
+        if split and cfg.batch_size % world_size:
+            raise ConfigError(f"data.batch_size {cfg.batch_size} is the global batch and must be a multiple of the "
+                              f"{world_size} processes: change data.batch_size or --nproc-per-node")
+        self.local = cfg.batch_size // world_size if split else cfg.batch_size
         self.urls = expand(cfg.shards)
         self.size = parse_size(cfg.size)
         self.crop_size = parse_size(cfg.crop_size) if cfg.crop_size else None
@@ -101,10 +111,17 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _reader(self) -> tuple[int, int]:
+    def _reader(self) -> tuple[int, int, int]:
+        """(reader, readers, slot): the stream this worker reads, how many streams there are, and the key of
+        its position in the resume state. Split, the ranks read the same streams, so the slot names the rank."""
         info = get_worker_info()
         workers, worker = (info.num_workers, (info.id + self.rotate) % info.num_workers) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+        slot = self.rank * workers + worker
+        return (worker, workers, slot) if self.split else (slot, self.world_size * workers, slot)
+
+    def _mine(self, pos: int) -> bool:
+        """Split: whether the stream's sample at 1-based position `pos` lies in this rank's part of its batch."""
+        return not self.split or (pos - 1) % self.cfg.batch_size // self.local == self.rank
 
     def _raw_pass(self, epoch: int, reader: int, readers: int) -> Iterator[dict]:
         """This reader's undecoded samples of one epoch, shuffled: decoding comes after, so a resumed run
@@ -135,15 +152,19 @@ class ShardDataset(IterableDataset):
         yield from buf
 
     def __iter__(self) -> Iterator[dict]:
-        reader, readers = self._reader()
-        skip, pos, epoch = self.skip.get(reader, 0), 0, self.epoch
+        reader, readers, slot = self._reader()
+        skip, pos, epoch = self.skip.get(slot, 0), 0, self.epoch
         while True:
-            yielded = skipped = 0
+            yielded = skipped = others = mine = 0
             for raw in self._raw_pass(epoch, reader, readers):
                 pos += 1  # this reader's raw samples so far, over epochs: the resume position
                 if pos <= skip:
                     skipped += 1
                     continue
+                if not self._mine(pos):  # another rank's part of the global batch
+                    others += 1
+                    continue
+                mine += 1
                 s = decode(raw, self.skips)
                 if s is None:
                     continue
@@ -155,10 +176,11 @@ class ShardDataset(IterableDataset):
                 image = np.array(image)  # a writable copy for torch
                 yielded += 1
                 yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
-                       "meta": s.meta, "key": s.key, "pos": (reader, pos)}
+                       "meta": s.meta, "key": s.key, "pos": (slot, pos)}
             if not self.repeat:
                 return
-            if yielded == 0 and skipped == 0:
+            # split, a short pass may hold other ranks' samples only: that is no error
+            if yielded == 0 and skipped == 0 and (mine or not others):
                 raise UserError(f"reader {reader} got no usable sample from {len(self.urls)} shard(s)")
             epoch += 1
 
@@ -177,17 +199,17 @@ class ShardLoader:
     """Iterates batches; under torch.distributed every rank yields the same number of them."""
 
     def __init__(self, cfg: DataConfig, repeat: bool = False, drop_last: bool = False,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None, split: bool = False) -> None:
         r, w = dist_info()
         self.rank, self.world_size = (r if rank is None else rank), (w if world_size is None else world_size)
-        self.dataset = ShardDataset(cfg, self.rank, self.world_size, repeat)
+        self.dataset = ShardDataset(cfg, self.rank, self.world_size, repeat, split)
         self.repeat = repeat
         # its own generator: a DataLoader draws a base seed from the global RNG each time an iterator starts,
         # which would shift a training run's random stream on resume
-        self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        self.loader = DataLoader(self.dataset, batch_size=self.dataset.local, num_workers=cfg.num_workers,
                                  collate_fn=collate, drop_last=drop_last, persistent_workers=False,
                                  generator=torch.Generator().manual_seed(cfg.seed))
-        self.positions: dict[int, int] = {}  # reader -> raw samples behind the batches handed out so far
+        self.positions: dict[int, int] = {}  # slot -> raw samples behind the batches handed out so far
         self.batches = 0
 
     @property
@@ -206,12 +228,24 @@ class ShardLoader:
             raise ConfigError(f"cannot resume a data stream read by {state['world_size']} rank(s) x "
                               f"{state['num_workers']} worker(s) with {self.world_size} x {self.loader.num_workers}")
         self.dataset.epoch = state["epoch"]
-        self.positions = {int(r): int(p) for r, p in state["positions"]}
+        workers = max(1, self.loader.num_workers)
+        mine = range(self.rank * workers, (self.rank + 1) * workers)  # a merged state holds every rank's slots
+        self.positions = {int(r): int(p) for r, p in state["positions"] if int(r) in mine}
         self.dataset.skip = dict(self.positions)
         self.batches = int(state["batches"])
         # DataLoader takes batches from its workers in turn, starting with worker 0; the next batch of the
         # interrupted run was due from worker (batches mod workers), so the workers take their roles rotated
         self.dataset.rotate = self.batches % max(1, self.loader.num_workers)
+
+    @staticmethod
+    def merge_states(states: list[dict]) -> dict:
+        """One state for the loaders of all ranks (their `state_dict()`s in rank order): each rank's
+        `load_state_dict` takes its own positions from it."""
+        first = states[0]
+        for st in states[1:]:
+            if (st["epoch"], st["batches"]) != (first["epoch"], first["batches"]):
+                raise ValueError(f"the ranks' data streams disagree: {st} vs {first}")
+        return {**first, "positions": sorted(rp for st in states for rp in st["positions"])}
 
     def __iter__(self) -> Iterator[dict]:
         joined = not self.repeat and self.world_size > 1 and dist.is_available() and dist.is_initialized()

@@ -31,3 +31,28 @@ def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity in the backward pass (FSQ, eq. 1)."""
     return straight_through(x, torch.round(x))
+
+
+class Local:
+    """The collectives a quantizer keeps its state in step with, for one process, where each is the identity.
+    Under torchrun the trainer hands in arlm.parallel.Collectives, which has the same methods: the quantizer
+    itself never mentions processes (vector-quantize-pytorch takes its all-reduce the same way)."""
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over processes."""
+        return t
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's t (the same shape on each) concatenated along dim 0 in rank order."""
+        return t
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """The first process's t."""
+        return t
+
+    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over processes, differentiable: the gradient reaches every process's t."""
+        return t
+
+
+LOCAL = Local()

@@ -7,7 +7,9 @@ An entropy penalty (eq. 5) makes each latent confident about its code (low per-s
 batch as a whole spreads over the codebook (high entropy of the mean distribution); the distribution
 over codes is a softmax of -||z - c||^2 / T, which factorises over bits: p(bit_i = 1) = sigmoid(4 z_i / T).
 The batch entropy is taken over the exact code distribution when 2^d <= 1024, else over each bit's
-marginal (an upper bound that still pushes every bit to be used half the time).
+marginal (an upper bound that still pushes every bit to be used half the time). Under data parallelism
+the batch is the global one: the mean distribution is averaged over processes (`sync`, handed in by the
+trainer), with its gradient.
 
 Shapes: z (B, d, H, W) -> quantized (B, d, H, W) in {-1, 1}, indices (B, H, W).
 """
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlm.quantizers.common import fp32, straight_through
+from arlm.quantizers.common import LOCAL, fp32, straight_through
 
 EXACT_MAX_BITS = 10  # (2^d, N) probabilities in memory: 1024 x 16k latents is 64 MB
 
@@ -37,6 +39,7 @@ class LFQ(nn.Module):
         self.entropy_weight, self.diversity_weight, self.beta, self.temperature = (
             entropy_weight, diversity_weight, beta, temperature)
         self.register_buffer("bits", 2 ** torch.arange(dim), persistent=False)
+        self.sync = LOCAL  # collectives over data-parallel processes (arlm.parallel.Collectives)
 
     def _entropy_loss(self, flat: torch.Tensor) -> torch.Tensor:
         p1 = torch.sigmoid(4 * flat / self.temperature)  # (N, d): p(bit = 1)
@@ -45,9 +48,10 @@ class LFQ(nn.Module):
         if self.dim <= EXACT_MAX_BITS:
             codes = ((torch.arange(self.codebook_size, device=flat.device).unsqueeze(1) & self.bits) > 0).float()
             log_p = codes @ torch.log(p1.clamp(min=1e-8)).T + (1 - codes) @ torch.log((1 - p1).clamp(min=1e-8)).T
-            batch = _entropy(log_p.exp().mean(1), dim=0)  # entropy of the mean distribution over codes
+            # entropy of the mean distribution over codes
+            batch = _entropy(self.sync.all_mean(log_p.exp().mean(1)), dim=0)
         else:
-            batch = _entropy(bit_p.mean(0)).sum()
+            batch = _entropy(self.sync.all_mean(bit_p.mean(0))).sum()
         return per_sample - self.diversity_weight * batch
 
     @fp32

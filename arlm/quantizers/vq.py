@@ -10,6 +10,11 @@ Learning"), in the form that keeps codebooks alive:
 - dead-code restart: a code whose moving-average usage falls below `dead_threshold` assignments per batch
   is moved onto a random latent of the current batch.
 
+Under data parallelism (`sync`, handed in by the trainer) the codebook state stays the same on every
+process and equals that of one process on the global batch: k-means runs on the latents of all processes,
+the EMA statistics are summed over them, restarts draw from all their latents, and what is drawn (k-means
+centroids, restart latents) is taken from the first process, so nondeterministic kernels cannot split them.
+
 Shapes: z (B, d, H, W) -> quantized (B, d, H, W), indices (B, H, W).
 """
 
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlm.quantizers.common import fp32, straight_through
+from arlm.quantizers.common import LOCAL, fp32, straight_through
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, l2norm: bool = True, generator=None) -> torch.Tensor:
@@ -49,6 +54,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.ones(codebook_size))
         self.register_buffer("ema_sum", self.codebook.detach().clone())
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.sync = LOCAL  # collectives over data-parallel processes (arlm.parallel.Collectives)
 
     def _codes(self) -> torch.Tensor:
         return F.normalize(self.codebook, dim=1) if self.l2norm else self.codebook
@@ -65,14 +71,15 @@ class VectorQuantizer(nn.Module):
     def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> bool:
         """Init, EMA and restarts from a batch of latents and their nearest codes; True if the codes moved."""
         if not bool(self.initialised):
-            self.codebook.data.copy_(kmeans(flat, self.codebook_size, l2norm=self.l2norm))
+            codes = kmeans(self.sync.all_gather(flat), self.codebook_size, l2norm=self.l2norm)
+            self.codebook.data.copy_(self.sync.broadcast(codes))
             self.ema_sum.copy_(self.codebook.data)
             self.initialised.fill_(True)
             return True
-        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        counts = self.sync.all_sum(torch.bincount(indices, minlength=self.codebook_size).float())
         self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
-            sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat)
+            sums = self.sync.all_sum(torch.zeros_like(self.ema_sum).index_add_(0, indices, flat))
             self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             # the mean of the latents a code has been given, smoothed; l2norm puts it back on the sphere
             mean = self.ema_sum / self.usage.clamp(min=1e-5).unsqueeze(1)
@@ -80,7 +87,8 @@ class VectorQuantizer(nn.Module):
         dead = self.usage < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead:
-            pick = flat[torch.randint(len(flat), (n_dead,), device=flat.device)]
+            pool = self.sync.all_gather(flat)  # n_dead is the same on every process: all of them gather
+            pick = self.sync.broadcast(pool[torch.randint(len(pool), (n_dead,), device=flat.device)])
             self.codebook.data[dead] = pick
             self.ema_sum[dead] = pick
             self.usage[dead] = 1.0  # a fresh code gets a grace period before it can be restarted again
