@@ -11,7 +11,7 @@ DEMO_N ?= 40000
 PRECISION ?= fp32
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo bench clean clean-demo
+.PHONY: help install test test-slow demo bench gpu-check clean clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: install  ## the fast test set (under 10 minutes on 2 CPU cores)
 
 test-slow: install  ## the slow tests
 	$(PY) -m pytest -q -m slow
+
+gpu-check: install  ## every CUDA path in one table (scripts/gpu_check.sh; about 8 min on a GPU machine)
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # make demo: every stage on the synthetic set, each a target on its output (a stamp written when the stage

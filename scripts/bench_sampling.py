@@ -36,7 +36,7 @@ from arlm.transformer.sample import Settings, sample
 from arlm.transformer.sequence import Vocab
 
 PROMPT = "a red circle on a gray background"
-H = W = 16
+GRID = 16  # 16 x 16 tokens: a 256 x 256 image at downsampling 16
 
 
 def sync(device):
@@ -100,7 +100,9 @@ def main() -> None:
                                                                     "than small (0: the whole grid)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    ap.add_argument("--grid", type=int, default=GRID, help="side of the token grid sampled (tiny's context: <= 8)")
     args = ap.parse_args()
+    H = W = args.grid
     setup_logging()
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
