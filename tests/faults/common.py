@@ -30,6 +30,14 @@ class Row:
         self.lost += 1
         self.notes.append(why)
 
+    def record(self, why: str | None) -> None:
+        """One trial: survived when `why` is None, else lost for that reason."""
+        self.trials += 1
+        if why is None:
+            self.survived += 1
+        else:
+            self.fail(why)
+
 
 def env(threads: int = 1) -> dict[str, str]:
     """The environment of a child `arimg`: one thread, fp32, the repository importable."""

@@ -360,14 +360,10 @@ def run(trials: int, workdir: Path) -> Row:
     for t in range(trials):
         root = Path(workdir) / f"trial-{t:04d}"
         root.mkdir(parents=True)
-        row.trials += 1
         try:
             why = one_trial(t, root, tokenizer)
         except Exception as e:  # noqa: BLE001 - a bug of the row itself still counts, never aborts the table
             why = f"row error: {e!r}"
-        if why is None:
-            row.survived += 1
-        else:
-            row.fail(f"trial {t}: {why}")
+        row.record(why and f"trial {t}: {why}")
     row.seconds = time.perf_counter() - start
     return row

@@ -118,10 +118,6 @@ def run(trials: int, workdir: Path, stages: tuple[str, ...] = build.STAGES, seed
         if why == NO_TMPFS:
             row.notes.append(f"{name}: {why}")
             continue
-        row.trials += 1
-        if why is None:
-            row.survived += 1
-        else:
-            row.fail(f"{name}: {why}")
+        row.record(why and f"{name}: {why}")
     row.seconds = time.perf_counter() - start
     return row

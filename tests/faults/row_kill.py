@@ -110,11 +110,6 @@ def run(trials: int, workdir: Path, stages: tuple[str, ...] = build.STAGES, seed
     for stage in stages:
         figures_ = reference(stage, workdir)
         for _ in range(trials):
-            row.trials += 1
-            why = trial(stage, workdir, figures_, rng, workdir / f"killed-{stage}")
-            if why is None:
-                row.survived += 1
-            else:
-                row.fail(why)
+            row.record(trial(stage, workdir, figures_, rng, workdir / f"killed-{stage}"))
     row.seconds = time.perf_counter() - start
     return row

@@ -99,11 +99,7 @@ def run(trials: int, workdir: Path, names: tuple[str, ...] | None = None) -> Row
     for _ in range(trials):
         cases = [(n, lambda a=a, n=n: busy_then_stale(n, a, workdir)) for n, a in cmds.items() if not names or n in names]
         for name, case in [*cases, ("race of two pretrain runs", lambda: race(workdir))]:
-            row.trials += 1
             why = case()
-            if why is None:
-                row.survived += 1
-            else:
-                row.fail(f"{name}: {why}")
+            row.record(why and f"{name}: {why}")
     row.seconds = time.perf_counter() - start
     return row

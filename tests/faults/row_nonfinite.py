@@ -131,11 +131,6 @@ def run(trials: int, workdir: Path, stages: tuple[str, ...] = build.STAGES) -> R
         for stage in stages:
             for how in ("nan loss", "inf loss", "nan gradient"):
                 for mode in ("skip", "stop"):
-                    row.trials += 1
-                    why = one_run(stage, how, mode, workdir)
-                    if why is None:
-                        row.survived += 1
-                    else:
-                        row.fail(why)
+                    row.record(one_run(stage, how, mode, workdir))
     row.seconds = time.perf_counter() - start
     return row

@@ -5,7 +5,8 @@ import pytest
 from tests.faults import build, row_kill
 
 
-@pytest.mark.parametrize("stage", build.STAGES)
+@pytest.mark.parametrize("stage", [s if s == "pretrain" else pytest.param(s, marks=pytest.mark.slow)
+                                   for s in build.STAGES])  # make test: one stage; make test-slow: the others
 def test_kill_anywhere_loses_nothing(work, stage):
     row = row_kill.run(1, work, stages=(stage,), seed=1)
     assert row.lost == 0 and row.survived == row.trials == 1, row.notes
