@@ -76,6 +76,27 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def gather_object(obj) -> list | None:
+    """Every process's picklable `obj` in rank order on rank 0, None on the others; [obj] in one process.
+    Work shared out by `share` comes back in its one-process order through `unshare`."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def share(items: list, rank: int, world: int) -> list:
+    """This process's part of a list of jobs: every world-th item from its rank's."""
+    return items[rank::world]
+
+
+def unshare(parts: list[list]) -> list:
+    """The gathered results of `share`d jobs (one list per rank, in rank order) in the order of the jobs."""
+    world = len(parts)
+    return [parts[k % world][k // world] for k in range(sum(map(len, parts)))]
+
+
 class Collectives:
     """Sums, gathers and broadcasts over the processes, for state that must stay the same on every one of
     them (a quantizer's codebook, code usage): the methods of arlm.quantizers.common.Local, each the identity

@@ -34,10 +34,13 @@ def generator_cmd(
     """Sample held-out prompts of every kind (or prompts=FILE), judge every image: accuracy per kind,
     word exact-match rate and diversity as JSON on stdout; images, verdicts.jsonl and a contact sheet per
     kind in out=DIR. seeds=[0,1,2] averages over sampling seeds; sampling.cfg=... and friends set the draw."""
+    from arlm.parallel import is_main
     from arlm.transformer.evaluate import eval_generator
 
     cfg = configured("eval_generator", overrides, print_config)
-    emit(eval_generator(ckpt, cfg))
+    report = eval_generator(ckpt, cfg)
+    if is_main():  # under torchrun one report, not one per process
+        emit(report)
 
 
 @app.command("tokenizer")

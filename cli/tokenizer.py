@@ -80,5 +80,9 @@ def pretokenize_cmd(
     tok = load_tokenizer(tokenizer, device)
     data = DataConfig(shards=shards, size=size, crop="center", batch_size=batch_size, num_workers=num_workers,
                       shuffle_buffer=0)
-    for path in pretokenize(tok, data, out, shard_size, overwrite)["shards"]:
-        emit_path(path)
+    from arlm.parallel import is_main
+
+    info = pretokenize(tok, data, out, shard_size, overwrite)
+    if is_main():  # under torchrun one list, not one per process
+        for path in info["shards"]:
+            emit_path(path)

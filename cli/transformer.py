@@ -46,10 +46,13 @@ def make_prefs(
     """Preference pairs from the model's own samples: k images per prompt, each scored by a reward (the
     judge's graded score, reward=module:function, or labels=FILE), best against worst where they differ by
     the margin; token shards with reference log-probs in out=DIR. A JSON report on stdout."""
+    from arlm.parallel import is_main
     from arlm.transformer.prefs import make_prefs as run
 
     cfg = configured("make_prefs", overrides, print_config)
-    emit(run(ckpt, cfg))
+    report = run(ckpt, cfg)
+    if is_main():  # under torchrun one report, not one per process
+        emit(report)
 
 
 def dpo(

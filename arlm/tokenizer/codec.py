@@ -7,7 +7,8 @@
 - `pretokenize`: image shards to token shards, LlamaGen's extract-codes step: per sample `KEY.npy` (the
   (h, w) grid as int16 when the codebook fits, else int32), `KEY.txt` (caption) and `KEY.json` (the image's
   record plus `grid` and `tokenizer`), so that training the transformer never decodes an image again. The
-  output folder gets `tokens.json`: tokenizer path, codebook size, stride, grid, sample count.
+  output folder gets `tokens.json`: tokenizer path, codebook size, stride, grid, sample count. Under
+  torchrun the ranks share the encoding and rank 0 merges: the same shards as one process.
 
 Bad inputs (an unreadable image, a line that is not a token grid, ids out of range) are reported one line
 each on stderr and skipped; the caller exits non-zero at the end if any failed.
@@ -16,9 +17,11 @@ each on stderr and skipped; the caller exits non-zero at the end if any failed.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import json
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from arlm import checkpoint, lock
+from arlm import checkpoint, lock, parallel
 from arlm.config import DataConfig, TrainTokenizerConfig
-from arlm.data.loader import ShardLoader, resize_crop
-from arlm.data.shards import BadImage, new_shard_set, open_image, safe_key
+from arlm.data.loader import resize_crop
+from arlm.data.shards import (REASONS, BadImage, ShardWriter, SkipCounter, decode, expand, new_shard_set,
+                               open_image, prepare_out_dir, raw_samples, safe_key)
 from arlm.errors import UserError
 from arlm.log import log, progress
 from arlm.synth import parse_size
@@ -39,6 +44,7 @@ from arlm.training import autocast, resolve_device
 from arlm.perf import resolve_precision
 
 KIND = "tokenizer"
+PARTS = ".parts"  # in the output folder: each reader's encoded samples, until rank 0 merges them
 
 
 @dataclass
@@ -146,33 +152,131 @@ def token_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.int16) if codebook_size <= 2**15 else np.dtype(np.int32)
 
 
+class _Share(IterableDataset):
+    """This rank's part of one in-order pass over `urls`: decoded samples (resized and centre-cropped), each
+    tagged with its place in the global order, (input shard, raw position in it), and the reader it came from.
+
+    The pass is split over world * num_workers readers as ShardLoader splits it: whole shards (shard i to
+    reader i mod n) when there are at least as many shards as readers, else every n-th raw sample of the
+    whole stream. Either way each reader's samples come in global order, so the readers' streams merge into
+    exactly the order of one process reading alone: fewer shards than ranks needs no error."""
+
+    def __init__(self, urls: list[str], size: tuple[int, int], rank: int, world: int) -> None:
+        self.urls, self.size, self.rank, self.world = urls, size, rank, world
+        self.skips = SkipCounter()
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        readers, reader = self.world * workers, self.rank * workers + worker
+        whole = len(self.urls) >= readers
+        # shared shards are walked by every reader: a broken shard is counted by reader 0 alone
+        shard_skips = self.skips if whole or reader == 0 else SkipCounter()
+        g = -1  # raw samples of the whole stream so far
+        for i, url in enumerate(self.urls):
+            if whole and i % readers != reader:
+                continue
+            for j, raw in enumerate(raw_samples([url], shard_skips)):
+                g += 1
+                if not whole and g % readers != reader:
+                    continue
+                s = decode(raw, self.skips)
+                if s is None:
+                    continue
+                image = np.array(resize_crop(s.image, self.size))  # a writable copy for torch
+                yield {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "caption": s.caption,
+                       "meta": s.meta, "key": s.key, "at": f"{i:09d}_{j:09d}", "reader": reader}
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {"image": torch.stack([s.pop("image") for s in samples]), "rest": samples}  # (B, 3, H, W) uint8
+
+
 def pretokenize(tok: Loaded, data: DataConfig, out_dir: str | Path, shard_size: int = 1000,
                 overwrite: bool = False) -> dict:
-    """Encode every sample of `data` (resized and cropped to data.size) into token shards in `out_dir`."""
+    """Encode every sample of `data` (resized and centre-cropped to data.size) into token shards in `out_dir`,
+    in shard order (data.shuffle_buffer and data.crop do not apply).
+
+    Under torchrun each rank encodes its share (see _Share) into a part file per reader in `OUT/.parts/`;
+    rank 0 then merges the parts in global order into the shards and `tokens.json`, so that any number of
+    ranks and workers writes the bytes of one process. Each image is encoded in a batch of its rank's
+    samples: identical codes require the tokenizer's encoding of an image not to depend on its batch
+    (measured so on the CPU in fp32: tests/test_ranks.py)."""
     h, w = parse_size(data.size)
     grid = tok.model.grid(h, w) if not (h % tok.model.stride or w % tok.model.stride) else None
     if grid is None:
         raise UserError(f"data.size {data.size} is not a multiple of the tokenizer's stride {tok.model.stride}")
-    loader = ShardLoader(data, repeat=False)
-    prefix = "shard" if loader.world_size == 1 else f"shard-r{loader.rank:03d}"
+    urls = expand(data.shards)
+    rank, world, device = parallel.init(tok.device)
+    if device != tok.device:  # one device per local rank
+        tok = Loaded(tok.model.to(device), tok.ckpt, device, tok.precision)
+    try:
+        with lock.hold(out_dir) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the folder
+            return _pretokenize(tok, urls, (h, w), grid, data, Path(out_dir), shard_size, overwrite, rank, world)
+    finally:
+        parallel.shutdown()
+
+
+def _pretokenize(tok: Loaded, urls: list[str], size: tuple[int, int], grid: tuple[int, int], data: DataConfig,
+                 out: Path, shard_size: int, overwrite: bool, rank: int, world: int) -> dict:
+    parts = out / PARTS
+    if rank == 0:
+        if shard_size < 1:
+            raise UserError(f"shard size must be >= 1, got {shard_size}")
+        prepare_out_dir(out, overwrite=overwrite)  # refuse an old set now, before the encoding
+        shutil.rmtree(parts, ignore_errors=True)  # left by a killed run
+        parts.mkdir(parents=True)
+    parallel.barrier()
+    share = _Share(urls, size, rank, world)
+    loader = DataLoader(share, batch_size=data.batch_size, num_workers=data.num_workers, collate_fn=_collate)
     dtype = token_dtype(tok.model.codebook_size)
+    writers: dict[int, ShardWriter] = {}  # reader -> its part: samples in global order
+    try:
+        _encode(tok, loader, grid, dtype, parts, writers)
+    except BaseException:  # a full disk, a bad input: this rank's partial parts go (a killed run's: at the next start)
+        for writer in writers.values():
+            writer.abort()
+        if world == 1:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
+    share.skips.log_summary()
+    counts = parallel.all_gather_object(share.skips.as_dict())  # after every rank's parts are complete
+    info = None
+    if rank == 0:
+        skipped = {r: sum(c.get(r, 0) for c in counts) for r in REASONS}
+        try:
+            with new_shard_set(out, shard_size, overwrite=overwrite) as writer:
+                # a k-way merge of the readers' ordered parts: one sample of each in memory
+                streams = [raw_samples([str(p)], SkipCounter()) for p in sorted(parts.glob("reader-*.tar"))]
+                for raw in heapq.merge(*streams, key=lambda r: r["__key__"]):
+                    writer.write(raw["key"].decode(), {"npy": raw["npy"], "txt": raw["txt"], "json": raw["json"]})
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+        info = {"tokenizer": str(tok.ckpt), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
+                "grid": list(grid), "size": list(size), "samples": writer.total,
+                "shards": [str(p) for p in writer.written], "skipped": {r: c for r, c in skipped.items() if c}}
+        (out / "tokens.json").write_text(json.dumps(info, indent=1))
+        log.info("wrote %d samples in %d token shard(s) to %s", writer.total, len(writer.written), out)
+    return parallel.all_gather_object(info)[0]  # every rank returns rank 0's report
+
+
+def _encode(tok: Loaded, loader: DataLoader, grid: tuple[int, int], dtype, parts: Path,
+            writers: dict[int, ShardWriter]) -> None:
+    """Each sample's codes into its reader's part (`writers`, filled here), in the order the reader gives."""
     n = 0
-    with lock.hold(out_dir) if loader.rank == 0 else contextlib.nullcontext(), \
-            new_shard_set(out_dir, shard_size, prefix, overwrite) as writer, progress() as bar:
+    with progress() as bar:
         task = bar.add_task("pretokenize", total=None, info="")
         for batch in loader:
             tokens = tok.encode(batch["image"]).numpy().astype(dtype)  # (B, h, w)
-            for key, caption, meta, codes in zip(batch["key"], batch["caption"], batch["meta"], tokens):
+            for s, codes in zip(batch["rest"], tokens):
                 buf = io.BytesIO()
                 np.save(buf, codes)
-                record = {**(meta or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
-                writer.write(safe_key(key), {"npy": buf.getvalue(), "txt": caption.encode(), "json": json.dumps(record).encode()})
-            n += len(batch["key"])
+                record = {**(s["meta"] or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
+                if s["reader"] not in writers:
+                    writers[s["reader"]] = ShardWriter(parts, 1 << 62, f"reader-{s['reader']:04d}")
+                writers[s["reader"]].write(s["at"], {"key": safe_key(s["key"]).encode(), "npy": buf.getvalue(),
+                                                     "txt": s["caption"].encode(), "json": json.dumps(record).encode()})
+            n += len(tokens)
             bar.update(task, completed=n, info=f"{n} samples")
-    info = {"tokenizer": str(tok.ckpt), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
-            "grid": list(grid), "size": [h, w], "samples": n, "shards": [str(p) for p in writer.written],
-            "skipped": loader.skips.as_dict()}
-    if loader.rank == 0:
-        Path(out_dir, "tokens.json").write_text(json.dumps(info, indent=1))
-    log.info("wrote %d samples in %d token shard(s) to %s", n, len(writer.written), out_dir)
-    return info
+    for writer in writers.values():
+        writer.close()

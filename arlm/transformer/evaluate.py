@@ -163,8 +163,27 @@ def _spread(values: list[float]) -> dict:
             "std": statistics.pstdev(values)}
 
 
-def eval_generator(ckpt: str, cfg) -> dict:
-    """`arimg eval generator` (cfg: arlm.config.EvalGeneratorConfig); the JSON report."""
+def eval_generator(ckpt: str, cfg) -> dict | None:
+    """`arimg eval generator` (cfg: arlm.config.EvalGeneratorConfig); the JSON report, on rank 0 (None on the
+    others).
+
+    Under torchrun each rank samples and judges every world-th (prompt, index) job of each seed; rank 0
+    gathers them and writes as one process: an image's seed is its own (`image_seed`) and its draw does not
+    depend on its batch, so n processes give the images, verdicts and report of one."""
+    from arlm import parallel
+    from arlm.training import resolve_device
+
+    rank, world, device = parallel.init(resolve_device(cfg.device))
+    try:
+        return _eval_generator(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
+    finally:
+        parallel.shutdown()
+
+
+def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict | None:
+    import contextlib
+
+    from arlm import parallel
     from arlm.errors import ConfigError
     from arlm.log import log, progress
     from arlm.synth import KINDS
@@ -183,23 +202,28 @@ def eval_generator(ckpt: str, cfg) -> dict:
 
     settings = Settings.from_config(cfg.sampling)
     try:
-        sampler = Sampler(ckpt, settings, Request(size=cfg.size), cfg.device)
+        sampler = Sampler(ckpt, settings, Request(size=cfg.size), device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for p in dict.fromkeys(parsed):
         sampler.check(p)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # rank 0 alone writes
+        out.mkdir(parents=True, exist_ok=True)
     jobs = image_jobs(parsed, cfg.n)
+    shared = parallel.share(jobs, rank, world)  # this rank's jobs
     index = {p: k for k, p in enumerate(dict.fromkeys(parsed))}  # file names by prompt number
     runs, records = [], []
-    with progress() as bar, (out / "verdicts.jsonl").open("w") as details:
-        task = bar.add_task("eval generator", total=len(jobs) * len(cfg.seeds), info="")
+    with progress() as bar, (out / "verdicts.jsonl").open("w") if rank == 0 else contextlib.nullcontext() as details:
+        task = bar.add_task("eval generator", total=len(shared) * len(cfg.seeds), info="")
         for seed in cfg.seeds:
-            judged = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
-                                      [image_seed(seed, p, i) for p, i in jobs], sampler.grid, settings,
-                                      sampler.precision, sampler.tok, cfg.judge, cfg.batch_size,
-                                      lambda k: bar.update(task, advance=k))
+            parts = parallel.gather_object(sample_and_judge(
+                sampler.model, sampler.vocab, [p for p, _ in shared], [image_seed(seed, p, i) for p, i in shared],
+                sampler.grid, settings, sampler.precision, sampler.tok, cfg.judge, cfg.batch_size,
+                lambda k: bar.update(task, advance=k)))
+            if rank != 0:
+                continue
+            judged = parallel.unshare(parts)
             folder = out / f"seed-{seed}"
             folder.mkdir(exist_ok=True)
             scores = [score(j.verdict, j.prompt) for j in judged]
@@ -218,6 +242,8 @@ def eval_generator(ckpt: str, cfg) -> dict:
             bar.update(task, info=f"seed {seed}: {summary['accuracy']:.1%} ok")
             if seed == cfg.seeds[0]:
                 records = judged
+    if rank != 0:
+        return None
     sheets = {}
     for kind in KINDS:
         mine = [j for j in records if j.verdict.kind == kind][:cfg.sheet_per_kind]

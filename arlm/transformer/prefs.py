@@ -25,6 +25,7 @@ start at zero.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arlm import lock
+from arlm import lock, parallel
 from arlm.config import MakePrefsConfig
 from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
 from arlm.errors import ConfigError
@@ -52,6 +53,7 @@ from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sample import Request, Sampler, Settings, image_seed
 from arlm.tokenizer.codec import token_dtype
 from arlm.transformer.sequence import Vocab
+from arlm.training import resolve_device
 
 PAIR_MODES = ("best-worst", "all")
 
@@ -123,13 +125,21 @@ def reference_logps(model, vocab: Vocab, prompts: list[str], codes: torch.Tensor
     return out
 
 
-def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
-    """`arimg make-prefs` (cfg: arlm.config.MakePrefsConfig); the JSON report."""
-    with lock.hold(cfg.out):
-        return _make_prefs(ckpt, cfg)
+def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict | None:
+    """`arimg make-prefs` (cfg: arlm.config.MakePrefsConfig); the JSON report, on rank 0 (None on the others).
+
+    Under torchrun each rank samples and judges every world-th (prompt, index) job; rank 0 gathers them and
+    goes on as one process: each image's seed is its own (`image_seed`) and its draw does not depend on the
+    batch it is drawn in, so n processes write the files of one."""
+    rank, world, device = parallel.init(resolve_device(cfg.device))
+    try:
+        with lock.hold(cfg.out) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the folder
+            return _make_prefs(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
+    finally:
+        parallel.shutdown()
 
 
-def _make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
+def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, world: int = 1) -> dict | None:
     from arlm.viz import contact_sheet
 
     if cfg.k < 2 or cfg.batch_size < 1 or cfg.shard_size < 1:
@@ -142,19 +152,24 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict:
     reward = None if labels or cfg.reward == "judge" else load_reward(cfg.reward)
     prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else list(dict.fromkeys(choose_prompts(cfg)))
     settings = Settings.from_config(cfg.sampling)
-    sampler = Sampler(ckpt, settings, Request(), cfg.device, ema=False)
+    sampler = Sampler(ckpt, settings, Request(), device, ema=False)
     for p in prompts:
         sampler.check(p)
     out = Path(cfg.out)
-    prepare_out_dir(out, overwrite=cfg.overwrite)  # refuse an old set now, before minutes of sampling
+    if rank == 0:
+        prepare_out_dir(out, overwrite=cfg.overwrite)  # refuse an old set now, before minutes of sampling
 
-    jobs = [(p, i) for p in prompts for i in range(cfg.k)]
+    jobs = parallel.share([(p, i) for p in prompts for i in range(cfg.k)], rank, world)
     with progress() as bar:
         task = bar.add_task("make-prefs", total=len(jobs), info="")
-        judged = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
-                                  [image_seed(cfg.seed, p, i) for p, i in jobs], sampler.grid, settings,
-                                  sampler.precision, sampler.tok, cfg.judge if reward is None and not labels else None,
-                                  cfg.batch_size, lambda n: bar.update(task, advance=n))
+        mine = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
+                                [image_seed(cfg.seed, p, i) for p, i in jobs], sampler.grid, settings,
+                                sampler.precision, sampler.tok, cfg.judge if reward is None and not labels else None,
+                                cfg.batch_size, lambda n: bar.update(task, advance=n))
+    parts = parallel.gather_object(mine)
+    if rank != 0:  # rank 0 alone goes on: pairs, reference log-probs and every file
+        return None
+    judged = parallel.unshare(parts)
     by_prompt: dict[str, list[Judged]] = {}
     for j in judged:
         by_prompt.setdefault(j.prompt, []).append(j)
