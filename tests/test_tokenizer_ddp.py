@@ -111,7 +111,8 @@ def test_a_world_size_that_does_not_divide_the_batch_is_a_one_line_error(tmp_pat
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("arimg: error:")]
     assert len(errors) == 2  # one per rank, the same line
     assert "data.batch_size 5" in errors[0] and "2 processes" in errors[0] and errors[0] == errors[1]
-    assert proc.stderr.count("exitcode  : 2") == 2  # torchrun's summary: both ranks exited with 2
+    # torchrun's summary: the first rank to exit did so with 2; it may stop the other before that one exits
+    assert proc.stderr.count("exitcode  : 2") >= 1
     assert "/arlm/" not in proc.stderr  # the only traceback is torchrun's, none of ours
     assert not (run / "config.yaml").exists()
 
