@@ -151,8 +151,8 @@ class TrainerConfig:
     # auto: bf16 on CUDA, and on a CPU whichever matmul measures faster (arlm.perf); quantizers and losses fp32
     precision: str = "auto"  # auto | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
-    # a step whose gradient is NaN or Inf (a non-finite loss makes it so): skip it (counted as skipped_steps in
-    # metrics.jsonl) or stop, keeping the last checkpoint; skipping still stops after this many in a row
+    # a step whose loss or gradient is NaN or Inf: skip it (counted as skipped_steps in metrics.jsonl) or stop,
+    # keeping the last checkpoint; skipping still stops after this many in a row
     nonfinite: str = "skip"  # skip | stop
     nonfinite_limit: int = 10
     # transformer stages only (train-tokenizer refuses them):
