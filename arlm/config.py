@@ -247,7 +247,8 @@ class GRPOConfig(PromptSource):
     """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.transformer.grpo)."""
 
     group: int = 8  # samples per prompt; data.batch_size / group prompts per step
-    reward: str = "judge"  # judge: the judge's graded score | module:function, a callable (image, prompt) -> float
+    # judge: the judge's graded score | accept: its yes/no (1 or 0) | module:function: (image, prompt) -> float
+    reward: str = "judge"
     min_std: float = 0.02  # a group whose rewards spread less teaches nothing: weight 0 (not divided by ~0)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -297,7 +298,8 @@ class MakePrefsConfig(PromptSource):
     k: int = 8  # samples per prompt
     seed: int = 0  # sampling seed
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    reward: str = "judge"  # judge: the judge's graded score | module:function, a callable (image, prompt) -> float
+    # judge: the judge's graded score | accept: its yes/no (1 or 0) | module:function: (image, prompt) -> float
+    reward: str = "judge"
     labels: Optional[str] = None  # JSON lines of human choices {"prompt", "chosen", "rejected"} (sample seeds)
     margin: float = 0.1  # keep a pair only if the rewards differ by at least this much
     pairs: str = "best-worst"  # best-worst: one pair per prompt | all: every pair that clears the margin

@@ -153,6 +153,30 @@ def test_a_labels_file_decides_the_pairs(tmp_path, tiny_lm):
     assert got == [("a red circle", 2, 0), ("two blue squares", 1, 3)] and report["mode"] == "labels"
 
 
+def test_reward_accept_is_the_judge_s_verdict(tmp_path, tiny_lm):
+    """reward=accept: every candidate's reward is 1 exactly when the judge accepted it, and pairs join an
+    accepted sample to a rejected one."""
+    import json as json_
+
+    from PIL import Image
+
+    from arlm.errors import ConfigError
+    from arlm.transformer.prefs import judge_accepts
+
+    try:
+        report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "a", "reward=accept", "margin=0.5", "pairs=all"))
+    except ConfigError as e:  # the tiny model may draw nothing the judge accepts: then no pair, said so
+        assert "no pair of samples differs" in str(e)
+        report = None
+    rows = [json_.loads(ln) for ln in (tmp_path / "a" / "candidates" / "candidates.jsonl").read_text().splitlines()]
+    assert rows and all(r["reward"] == judge_accepts(Image.open(r["path"]), r["prompt"]) for r in rows)
+    if report is None:
+        return
+    assert report["reward"] == "accept"
+    for meta, _, _ in read_pairs(tmp_path / "a"):
+        assert (meta["chosen"]["reward"], meta["rejected"]["reward"]) == (1.0, 0.0)
+
+
 def test_a_reward_module_in_the_current_directory_imports(tmp_path, monkeypatch):
     from arlm.transformer.prefs import load_reward
 

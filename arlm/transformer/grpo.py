@@ -67,7 +67,7 @@ class OnlineBatches:
                  device: torch.device, precision: str, rank: int = 0, world: int = 1, accum: int = 1) -> None:
         from arlm.tokenizer.codec import load_tokenizer
         from arlm.transformer.evaluate import choose_prompts
-        from arlm.transformer.prefs import load_reward
+        from arlm.transformer.prefs import reward_fn
         from arlm.transformer.sample import Settings, check_prompt
 
         check_config(cfg, world)
@@ -86,7 +86,7 @@ class OnlineBatches:
             self.settings.check()
         except ValueError as e:
             raise ConfigError(f"grpo.sampling: {e}") from None
-        self.reward_fn = None if self.g.reward == "judge" else load_reward(self.g.reward)
+        self.reward_fn = reward_fn(self.g.reward)
         self.tokenizer = load_tokenizer(vocab.tokenizer, "cpu")
         self.local = cfg.data.batch_size // world  # images this process samples per step
         self.skips = SkipCounter()  # the trainer reports it; online batches skip nothing
@@ -105,7 +105,7 @@ class OnlineBatches:
 
     def batch(self, step: int):
         from arlm.transformer.evaluate import sample_and_judge
-        from arlm.transformer.prefs import reward_of
+        from arlm.transformer.prefs import judged_reward, reward_of
 
         groups = self.local // self.g.group
         mine = self.step_prompts(step)[self.rank * groups:(self.rank + 1) * groups]
@@ -116,7 +116,7 @@ class OnlineBatches:
         self.model.eval()
         with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             judged = sample_and_judge(self.model, self.vocab, prompts, seeds, self.grid, self.settings, self.precision,
-                                      self.tokenizer, self.g.judge if self.reward_fn is None else None,
+                                      self.tokenizer, self.g.judge if judged_reward(self.reward_fn) else None,
                                       batch_size=self.local)
         self.model.train(was_training)
         rewards = [reward_of(j, self.reward_fn) for j in judged]

@@ -58,12 +58,35 @@ from arlm.training import resolve_device
 PAIR_MODES = ("best-worst", "all")
 
 
+def judge_accepts(image, prompt: str) -> float:
+    """`reward=accept`: 1 when the judge accepts the image for its prompt, else 0 — the measure itself, where the
+    graded score (`reward=judge`) also pays for the claims an image gets right."""
+    from arlm.judge import judge
+
+    return float(judge(image, prompt).ok)
+
+
+def judged_reward(fn: Callable | None) -> bool:
+    """Whether a reward reads the judge's verdict (so the samples must be judged): `judge` and `accept`."""
+    return fn is None or fn is judge_accepts
+
+
+def reward_fn(spec: str) -> Callable[[object, str], float] | None:
+    """The reward a `reward=` option names: None for the judge's graded score (`judge`), `judge_accepts`
+    (`accept`), or a callable 'module:function'."""
+    if spec == "judge":
+        return None
+    if spec == "accept":
+        return judge_accepts
+    return load_reward(spec)
+
+
 def load_reward(spec: str) -> Callable[[object, str], float]:
     """The callable named by 'module:function', looked up as `python -m` would: the current directory
     first (a reward.py beside the data imports without PYTHONPATH); a ConfigError when it does not import."""
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ConfigError(f"reward must be judge or module:function, got {spec!r}")
+        raise ConfigError(f"reward must be judge, accept or module:function, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -149,7 +172,7 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
     if cfg.margin < 0:
         raise ConfigError(f"margin must be at least 0, got {cfg.margin}")
     labels = read_labels(cfg.labels, cfg.k) if cfg.labels else None
-    reward = None if labels or cfg.reward == "judge" else load_reward(cfg.reward)
+    reward = None if labels else reward_fn(cfg.reward)
     prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else list(dict.fromkeys(choose_prompts(cfg)))
     settings = Settings.from_config(cfg.sampling)
     sampler = Sampler(ckpt, settings, Request(), device, ema=False)
@@ -164,7 +187,7 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         task = bar.add_task("make-prefs", total=len(jobs), info="")
         mine = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
                                 [image_seed(cfg.seed, p, i) for p, i in jobs], sampler.grid, settings,
-                                sampler.precision, sampler.tok, cfg.judge if reward is None and not labels else None,
+                                sampler.precision, sampler.tok, cfg.judge if judged_reward(reward) and not labels else None,
                                 cfg.batch_size, lambda n: bar.update(task, advance=n))
     parts = parallel.gather_object(mine)
     if rank != 0:  # rank 0 alone goes on: pairs, reference log-probs and every file
@@ -248,6 +271,8 @@ def reward_of(j: Judged, fn: Callable | None) -> float:
     finite number (make-prefs and grpo)."""
     if fn is None:
         return score(j.verdict, j.prompt)
+    if fn is judge_accepts:  # judged already
+        return float(j.verdict.ok)
     try:
         value = float(fn(j.image, j.prompt))
     except (TypeError, ValueError) as e:
