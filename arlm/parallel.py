@@ -50,6 +50,20 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+@contextlib.contextmanager
+def launched(device: torch.device, writes: str | os.PathLike | None = None) -> Iterator[tuple[int, int, torch.device]]:
+    """(rank, world size, device) for the block of a command: the process group up under torchrun, and down
+    after it; rank 0 alone writes, so it alone holds the lock of the folder the command `writes` (arlm.lock)."""
+    from arlm import lock
+
+    rank, world, device = init(device)
+    try:
+        with lock.hold(writes) if writes is not None and rank == 0 else contextlib.nullcontext():
+            yield rank, world, device
+    finally:
+        shutdown()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -16,7 +16,6 @@ each on stderr and skipped; the caller exits non-zero at the end if any failed.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import io
 import json
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from arlm import checkpoint, lock, parallel
+from arlm import checkpoint, parallel
 from arlm.config import DataConfig, TrainTokenizerConfig
 from arlm.data.loader import resize_crop
 from arlm.data.shards import (REASONS, BadImage, ShardWriter, SkipCounter, decode, expand, new_shard_set,
@@ -207,14 +206,10 @@ def pretokenize(tok: Loaded, data: DataConfig, out_dir: str | Path, shard_size: 
     if grid is None:
         raise UserError(f"data.size {data.size} is not a multiple of the tokenizer's stride {tok.model.stride}")
     urls = expand(data.shards)
-    rank, world, device = parallel.init(tok.device)
-    if device != tok.device:  # one device per local rank
-        tok = Loaded(tok.model.to(device), tok.ckpt, device, tok.precision)
-    try:
-        with lock.hold(out_dir) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the folder
-            return _pretokenize(tok, urls, (h, w), grid, data, Path(out_dir), shard_size, overwrite, rank, world)
-    finally:
-        parallel.shutdown()
+    with parallel.launched(tok.device, writes=out_dir) as (rank, world, device):
+        if device != tok.device:  # one device per local rank
+            tok = Loaded(tok.model.to(device), tok.ckpt, device, tok.precision)
+        return _pretokenize(tok, urls, (h, w), grid, data, Path(out_dir), shard_size, overwrite, rank, world)
 
 
 def _pretokenize(tok: Loaded, urls: list[str], size: tuple[int, int], grid: tuple[int, int], data: DataConfig,

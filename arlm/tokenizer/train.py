@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from arlm import checkpoint, lock, parallel
+from arlm import checkpoint, parallel
 from arlm.config import TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
 from arlm.errors import ConfigError, UserError
@@ -58,12 +58,8 @@ def recon_grid(inputs: torch.Tensor, outputs: torch.Tensor, scale: int = 2) -> I
 
 def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
     """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
-    rank, world, device = parallel.init(resolve_device(cfg.trainer.device))
-    try:
-        with lock.hold(cfg.run_dir) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the run
-            return _train(cfg, yaml, rank, world, device)
-    finally:
-        parallel.shutdown()
+    with parallel.launched(resolve_device(cfg.trainer.device), writes=cfg.run_dir) as (rank, world, device):
+        return _train(cfg, yaml, rank, world, device)
 
 
 def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, device: torch.device) -> Path:

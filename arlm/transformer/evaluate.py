@@ -173,11 +173,8 @@ def eval_generator(ckpt: str, cfg) -> dict | None:
     from arlm import parallel
     from arlm.training import resolve_device
 
-    rank, world, device = parallel.init(resolve_device(cfg.device))
-    try:
+    with parallel.launched(resolve_device(cfg.device)) as (rank, world, device):
         return _eval_generator(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
-    finally:
-        parallel.shutdown()
 
 
 def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict | None:

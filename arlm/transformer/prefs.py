@@ -25,7 +25,6 @@ start at zero.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import io
 import json
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arlm import lock, parallel
+from arlm import parallel
 from arlm.config import MakePrefsConfig
 from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
 from arlm.errors import ConfigError
@@ -154,12 +153,8 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict | None:
     Under torchrun each rank samples and judges every world-th (prompt, index) job; rank 0 gathers them and
     goes on as one process: each image's seed is its own (`image_seed`) and its draw does not depend on the
     batch it is drawn in, so n processes write the files of one."""
-    rank, world, device = parallel.init(resolve_device(cfg.device))
-    try:
-        with lock.hold(cfg.out) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the folder
-            return _make_prefs(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
-    finally:
-        parallel.shutdown()
+    with parallel.launched(resolve_device(cfg.device), writes=cfg.out) as (rank, world, device):
+        return _make_prefs(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
 
 
 def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, world: int = 1) -> dict | None:

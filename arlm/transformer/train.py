@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from arlm import checkpoint, lock
+from arlm import checkpoint, parallel
 from arlm.config import TrainTransformerConfig, to_yaml
 from arlm.errors import ConfigError, UserError
 from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
-from arlm import parallel
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
@@ -108,12 +107,8 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
     if tc.grad_accum < 1:
         raise ConfigError("trainer.grad_accum must be at least 1")
-    rank, world, device = parallel.init(resolve_device(tc.device))
-    try:
-        with lock.hold(cfg.run_dir) if rank == 0 else contextlib.nullcontext():  # rank 0 writes the run
-            return _train(cfg, yaml, rank, world, device)
-    finally:
-        parallel.shutdown()
+    with parallel.launched(resolve_device(tc.device), writes=cfg.run_dir) as (rank, world, device):
+        return _train(cfg, yaml, rank, world, device)
 
 
 def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int, device: torch.device) -> Path:
