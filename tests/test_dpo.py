@@ -177,6 +177,38 @@ def test_reward_accept_is_the_judge_s_verdict(tmp_path, tiny_lm):
         assert (meta["chosen"]["reward"], meta["rejected"]["reward"]) == (1.0, 0.0)
 
 
+def test_truth_adds_the_data_image_of_each_prompt_as_one_more_judged_candidate(tmp_path, tiny_lm, reward_module):
+    """truth=true: candidate k of each prompt is the synthetic set's image of it, encoded by the model's tokenizer
+    (codes equal to encoding that image), scored by the reward on its decoded image, and paired as any sample."""
+    from PIL import Image
+
+    from arlm.tokenizer.codec import load_tokenizer
+    from arlm.transformer.evaluate import grammar_samples
+    from prefs_reward import brightness
+
+    out = tmp_path / "t"
+    report = make_prefs(str(tiny_lm), prefs_cfg(out, f"reward={REWARD}", "pairs=all", "truth=true"))
+    rows_ = [json.loads(ln) for ln in (out / "candidates" / "candidates.jsonl").read_text().splitlines()]
+    data = [r for r in rows_ if r["source"] == "data"]
+    assert report["truth"]["candidates"] == report["prompts"] == len(data) and len(rows_) == report["prompts"] * 5
+    assert all(r["index"] == 4 and r["seed"] == -1 for r in data)
+    assert all(r["reward"] == brightness(Image.open(r["path"]), r["prompt"]) for r in data)
+    _, vocab, _ = load_model(tiny_lm, "cpu", ema=False)
+    tok = load_tokenizer(vocab.tokenizer, "cpu")
+    images = {}
+    w, h = Image.open(data[0]["path"]).size  # the model's image size
+    for s in grammar_samples(["single", "count"], 6, 0, (h, w)):
+        images.setdefault(s.caption, s.image)
+    pairs = read_pairs(out)
+    from_data = [(m, c if m["chosen"]["source"] == "data" else r) for m, c, r in pairs
+                 if "data" in (m["chosen"]["source"], m["rejected"]["source"])]
+    assert from_data and report["truth"]["chosen"] + report["truth"]["rejected"] == len(from_data)
+    for meta, codes in from_data[:4]:
+        assert np.array_equal(codes.astype(np.int64), tok.encode_image(images[meta["prompt"]]).numpy())
+    with pytest.raises(Exception, match="truth=true"):
+        make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "f", f"reward={REWARD}", "truth=true", f"labels={out}/x"))
+
+
 def test_a_reward_module_in_the_current_directory_imports(tmp_path, monkeypatch):
     from arlm.transformer.prefs import load_reward
 

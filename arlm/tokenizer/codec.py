@@ -58,6 +58,10 @@ class Loaded:
         with autocast(self.device, self.precision):
             return self.model.encode(to_unit(images.to(self.device))).cpu()
 
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """One RGB picture -> its token ids (H/f, W/f) on the CPU."""
+        return self.encode(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None])[0]
+
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """token ids (B, h, w) -> uint8 (B, 3, h*f, w*f) on the CPU."""
         with autocast(self.device, self.precision):
@@ -102,8 +106,7 @@ def tokenize(tok: Loaded, paths: Iterable[str], size: str | None = None) -> Iter
             if h % tok.model.stride or w % tok.model.stride:
                 raise UserError(f"{path}: size {h}x{w} is not a multiple of the tokenizer's stride "
                                 f"{tok.model.stride} (pass --size)")
-            x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
-            tokens = tok.encode(x)[0]
+            tokens = tok.encode_image(image)
             yield {"path": path, "h": h, "w": w, "tokens": tokens.tolist()}
         except UserError as e:
             yield e

@@ -59,18 +59,24 @@ def sample_and_judge(model: Transformer, vocab: Vocab, prompts: Sequence[str], s
         ps, ss = list(prompts[b:b + batch_size]), list(seeds[b:b + batch_size])
         kept = None if keep is None else keep.unsqueeze(0).expand(len(ps), -1, -1)
         codes = sample(model, vocab, ps, ss, *grid, settings, precision, kept).cpu()
-        images = [None] * len(ps)
-        if tokenizer is not None:
-            # one image at a time: a convolution's rounding depends on the batch it runs in (a pixel may move by
-            # 1), and an image must not depend on what it was drawn beside (--batch-size)
-            images = [Image.fromarray(tokenizer.decode(c[None])[0].permute(1, 2, 0).numpy()) for c in codes]
-        out += [Judged(p, s, c, im) for p, s, c, im in zip(ps, ss, codes, images)]
+        out += decode_and_judge([Judged(p, s, c) for p, s, c in zip(ps, ss, codes)], tokenizer, None)
         if advance:
             advance(len(ps))
-    if tokenizer is not None and judge_cfg is not None:
-        for j, v in zip(out, judge_many(((j.image, j.prompt) for j in out), judge_cfg)):
+    return decode_and_judge(out, None, judge_cfg if tokenizer is not None else None)
+
+
+def decode_and_judge(judged: list[Judged], tokenizer=None, judge_cfg: JudgeConfig | None = None) -> list[Judged]:
+    """Fill in each item's image (decoded from its codes, with a tokenizer) and verdict (with `judge_cfg`), in
+    place; the items back. Sampled codes and a data set's own encoded images take this one path."""
+    if tokenizer is not None:
+        # one image at a time: a convolution's rounding depends on the batch it runs in (a pixel may move by 1),
+        # and an image must not depend on what it was drawn beside (--batch-size)
+        for j in judged:
+            j.image = Image.fromarray(tokenizer.decode(j.codes[None])[0].permute(1, 2, 0).numpy())
+    if judge_cfg is not None:
+        for j, v in zip(judged, judge_many(((j.image, j.prompt) for j in judged), judge_cfg)):
             j.verdict = v
-    return out
+    return judged
 
 
 def verdict_labels(judged: Sequence[Judged]) -> tuple[list[str], list[bool | None]]:
@@ -83,11 +89,17 @@ def verdict_labels(judged: Sequence[Judged]) -> tuple[list[str], list[bool | Non
 # `arimg eval generator`
 
 
-def grammar_prompts(kinds: Sequence[str], per_kind: int, seed: int, size: tuple[int, int] = (64, 64)) -> list[str]:
-    """`per_kind` captions of each kind, those of `arimg data synth --seed SEED --kinds KIND`: fixed and seeded."""
+def grammar_samples(kinds: Sequence[str], per_kind: int, seed: int, size: tuple[int, int] = (64, 64)) -> list:
+    """`per_kind` samples (arlm.synth.Sample: caption and image) of each kind, those of `arimg data synth --seed
+    SEED --kinds KIND`: fixed and seeded."""
     from arlm.synth import generate
 
-    return [s.caption for kind in kinds for s in generate(per_kind, size, seed, kinds=(kind,))]
+    return [s for kind in kinds for s in generate(per_kind, size, seed, kinds=(kind,))]
+
+
+def grammar_prompts(kinds: Sequence[str], per_kind: int, seed: int, size: tuple[int, int] = (64, 64)) -> list[str]:
+    """The captions of `grammar_samples`."""
+    return [s.caption for s in grammar_samples(kinds, per_kind, seed, size)]
 
 
 def read_prompt_file(path: str) -> list[str]:
@@ -110,14 +122,19 @@ def read_prompt_file(path: str) -> list[str]:
 def choose_prompts(cfg) -> list[str]:
     """The prompts a config names: its prompts file, else `per_kind` captions of each of its `kinds` from the
     grammar (`prompt_seed`); eval generator's and make-prefs's configs share these keys."""
+    if cfg.prompts is not None:
+        return read_prompt_file(cfg.prompts)
+    check_grammar_source(cfg)
+    return grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
+
+
+def check_grammar_source(cfg) -> None:
+    """A ConfigError unless the config's `kinds` and `per_kind` name grammar prompts."""
     from arlm.errors import ConfigError
     from arlm.synth import KINDS
 
-    if cfg.prompts is not None:
-        return read_prompt_file(cfg.prompts)
     if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
         raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
-    return grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
 
 
 def image_jobs(prompts: Sequence[str], n: int) -> list[tuple[str, int]]:

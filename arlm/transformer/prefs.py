@@ -9,8 +9,14 @@ at the sampling settings of evaluation, and each gets a reward:
   number the K samples of that prompt (the same seed gives the same images: look at a first run's
   `candidates/`, where every sample is a PNG listed in `candidates.jsonl`, and write the labels).
 
+`truth=true` adds one more candidate to each grammar prompt: the synthetic set's own image of it, encoded by
+the model's tokenizer and judged as a sample is (its reconstruction is what the reward sees). A model that
+rarely draws a relation or a word right has no right sample of those prompts to prefer; the data has one
+(chosen from the data, rejected from the model, as SPIN, Chen et al. 2024, pairs them). Its seed is -1 and
+its `source` "data" in the records; it is index K in `candidates/`.
+
 A pair (chosen, rejected) is kept when the rewards differ by at least `margin`: the best against the worst
-sample of each prompt (`pairs=best-worst`), or every such pair (`pairs=all`). Pairs are stored as the
+candidate of each prompt (`pairs=best-worst`), or every such pair (`pairs=all`). Pairs are stored as the
 model's own **tokens**, never re-encoded from the decoded images (the tokenizer would not give the same
 codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
 per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
@@ -47,7 +53,8 @@ from arlm.judge import parse_caption, score
 from arlm.log import log, progress
 from arlm.transformer.dpo import PREFS_FILE
 from arlm.transformer.data import pad_text
-from arlm.transformer.evaluate import Judged, choose_prompts, sample_and_judge
+from arlm.transformer.evaluate import (Judged, check_grammar_source, choose_prompts, decode_and_judge, grammar_samples,
+                                      sample_and_judge)
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sample import Request, Sampler, Settings, image_seed
 from arlm.tokenizer.codec import token_dtype
@@ -166,11 +173,16 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         raise ConfigError(f"pairs must be one of {', '.join(PAIR_MODES)}, got {cfg.pairs!r}")
     if cfg.margin < 0:
         raise ConfigError(f"margin must be at least 0, got {cfg.margin}")
+    if cfg.truth and (cfg.labels or cfg.prompts):
+        raise ConfigError("truth=true adds the synthetic set's image of each grammar prompt: it takes no prompts= "
+                          "or labels= (prompts without a known image)")
     labels = read_labels(cfg.labels, cfg.k) if cfg.labels else None
     reward = None if labels else reward_fn(cfg.reward)
-    prompts = list(dict.fromkeys(p for p, _, _ in labels)) if labels else list(dict.fromkeys(choose_prompts(cfg)))
     settings = Settings.from_config(cfg.sampling)
     sampler = Sampler(ckpt, settings, Request(), device, ema=False)
+    truths = _truth_images(cfg, sampler) if cfg.truth else {}
+    prompts = (list(dict.fromkeys(p for p, _, _ in labels)) if labels else
+               list(truths) if cfg.truth else list(dict.fromkeys(choose_prompts(cfg))))
     for p in prompts:
         sampler.check(p)
     out = Path(cfg.out)
@@ -191,6 +203,11 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
     by_prompt: dict[str, list[Judged]] = {}
     for j in judged:
         by_prompt.setdefault(j.prompt, []).append(j)
+    if truths:  # index k of each prompt: the data's own image, through the tokenizer and the judge as a sample
+        data = decode_and_judge([Judged(p, -1, sampler.tok.encode_image(im)) for p, im in truths.items()], sampler.tok,
+                                cfg.judge if judged_reward(reward) else None)
+        for j in data:
+            by_prompt[j.prompt].append(j)
 
     rewards = {p: [reward_of(j, reward) for j in js] for p, js in by_prompt.items()} if not labels else {}
     _write_candidates(out / "candidates", prompts, by_prompt, rewards)
@@ -213,8 +230,10 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
             kind = expect.kind if expect else None
             kinds[kind or "other"] += 1
             record = {"prompt": p, "kind": kind, "ref_logps": [lc, lr],
-                      "chosen": {"index": c, "seed": jc.seed, "reward": rewards[p][c] if rewards else None},
-                      "rejected": {"index": r, "seed": jr.seed, "reward": rewards[p][r] if rewards else None}}
+                      "chosen": {"index": c, "seed": jc.seed, "source": source_of(jc),
+                                 "reward": rewards[p][c] if rewards else None},
+                      "rejected": {"index": r, "seed": jr.seed, "source": source_of(jr),
+                                   "reward": rewards[p][r] if rewards else None}}
             files = {"json": json.dumps(record).encode()}
             for side, j in (("chosen", jc), ("rejected", jr)):
                 buf = io.BytesIO()
@@ -237,6 +256,9 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         report["reward_chosen"] = statistics.fmean(rewards[p][c] for p, c, _ in pairs)
         report["reward_rejected"] = statistics.fmean(rewards[p][r] for p, _, r in pairs)
         report["prompts_without_pair"] = sum(1 for p in prompts if not choose_pairs(rewards[p], cfg.margin, cfg.pairs))
+    if truths:
+        report["truth"] = {"candidates": len(truths), "mean_reward": statistics.fmean(rewards[p][-1] for p in prompts),
+                           "chosen": sum(jc.seed == -1 for jc in chosen), "rejected": sum(jr.seed == -1 for jr in rejected)}
     (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
     shown = list(zip(chosen, rejected))[:24]
     labels_ = [t for jc, jr in shown for t in (f"chosen: {jc.prompt}", "rejected")]
@@ -257,8 +279,25 @@ def _write_candidates(folder: Path, prompts: list[str], by_prompt: dict[str, lis
             for i, j in enumerate(by_prompt[p]):
                 path = folder / f"{k:05d}-{i:02d}.png"
                 j.image.save(path)
-                f.write(json.dumps({"path": str(path), "prompt": p, "index": i, "seed": j.seed,
+                f.write(json.dumps({"path": str(path), "prompt": p, "index": i, "seed": j.seed, "source": source_of(j),
                                     "reward": rewards[p][i] if rewards else None}) + "\n")
+
+
+def source_of(j: Judged) -> str:
+    """"data" for the synthetic set's own image of a prompt (truth=true; seed -1), else "model"."""
+    return "data" if j.seed == -1 else "model"
+
+
+def _truth_images(cfg: MakePrefsConfig, sampler: Sampler) -> dict:
+    """prompt -> the synthetic set's image of it at the model's image size (the first, where captions repeat):
+    the grammar prompts of `cfg` (kinds, per_kind, prompt_seed) drawn at that size."""
+    check_grammar_source(cfg)
+    stride = sampler.tok.model.stride
+    size = (sampler.grid[0] * stride, sampler.grid[1] * stride)
+    out = {}
+    for s in grammar_samples(cfg.kinds, cfg.per_kind, cfg.prompt_seed, size):
+        out.setdefault(s.caption, s.image)
+    return out
 
 
 def reward_of(j: Judged, fn: Callable | None) -> float:

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -294,8 +293,7 @@ class Sampler:
             raise ConfigError(f"--keep-rows must lie in 1..{h - 1} for a {h}x{w} grid, got {request.keep_rows}")
         stride = self.tok.model.stride
         image = read_image(request.prefix_image, (h * stride, w * stride))
-        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
-        return self.tok.encode(x)[0, :request.keep_rows]  # (k, w)
+        return self.tok.encode_image(image)[:request.keep_rows]  # (k, w)
 
     def settings_json(self) -> dict:
         s = self.settings
