@@ -127,6 +127,7 @@ train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json
+	$(PY) scripts/model_sheet.py data/default/eval-dpo docs/default-model.png --per-kind 8
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)

@@ -42,7 +42,8 @@ def _pct(x) -> str:
 
 
 def _mmss(s: float) -> str:
-    return f"{int(s // 60)}:{int(round(s % 60)):02d}"
+    m, sec = divmod(round(s), 60)  # 239.9 s is 4:00, not 3:60
+    return f"{m}:{sec:02d}"
 
 
 def summary(demo: Path, runs: Path) -> str:
