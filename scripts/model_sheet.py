@@ -33,7 +33,8 @@ def main() -> int:
         sys.stderr.write(f"model_sheet: {args.eval_dir}/verdicts.jsonl holds no image\n")
         return 2
     first_seed = rows[0]["seed"]
-    shown = [r for kind in KINDS for r in [r for r in rows if r["seed"] == first_seed and r["kind"] == kind][:args.per_kind]]
+    first = [r for r in rows if r["seed"] == first_seed]
+    shown = [r for kind in KINDS for r in [r for r in first if r["kind"] == kind][:args.per_kind]]
     images = [Image.open(args.eval_dir / Path(r["path"]).relative_to(Path(r["path"]).parents[1])) for r in shown]
     labels = [f"{'OK' if r['ok'] else 'no'}: {r['prompt']}" for r in shown]
     contact_sheet(images, labels, cols=args.per_kind, marks=[r["ok"] for r in shown]).save(args.out)
