@@ -22,7 +22,7 @@ codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and 
 per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
 `KEY.chosen.png` / `KEY.rejected.png` for people. Beside them: `tokens.json` (as `arimg pretokenize`
 writes it), `prefs.json` (the vocabulary and how the pairs were made) and `pairs.png`, a contact sheet of
-the first pairs, chosen left of rejected, to look for reward hacking by eye.
+the first pair of each of the first 24 prompts, chosen left of rejected, to look for reward hacking by eye.
 
 The samples come from the weights that `arimg dpo init_from=RUN` starts from (a run's trained weights, not
 its EMA copy), and the reference log-probs are computed in fp32 by the same weights, so that DPO's rewards
@@ -260,7 +260,10 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         report["truth"] = {"candidates": len(truths), "mean_reward": statistics.fmean(rewards[p][-1] for p in prompts),
                            "chosen": sum(jc.seed == -1 for jc in chosen), "rejected": sum(jr.seed == -1 for jr in rejected)}
     (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
-    shown = list(zip(chosen, rejected))[:24]
+    firsts = {}  # the first pair of each prompt: pairs=all gives one prompt dozens, which would fill the sheet
+    for jc, jr in zip(chosen, rejected):
+        firsts.setdefault(jc.prompt, (jc, jr))
+    shown = list(firsts.values())[:24]
     labels_ = [t for jc, jr in shown for t in (f"chosen: {jc.prompt}", "rejected")]
     contact_sheet([im for jc, jr in shown for im in (jc.image, jr.image)], labels_, cols=8,
                   marks=[m for _ in shown for m in (True, False)]).save(out / "pairs.png")
