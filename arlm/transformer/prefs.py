@@ -62,6 +62,7 @@ from arlm.transformer.sequence import Vocab
 from arlm.training import resolve_device
 
 PAIR_MODES = ("best-worst", "all")
+DATA_SEED = -1  # the seed of a truth=true candidate: the data's image, not a sample
 
 
 def judge_accepts(image, prompt: str) -> float:
@@ -204,8 +205,8 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
     for j in judged:
         by_prompt.setdefault(j.prompt, []).append(j)
     if truths:  # index k of each prompt: the data's own image, through the tokenizer and the judge as a sample
-        data = decode_and_judge([Judged(p, -1, sampler.tok.encode_image(im)) for p, im in truths.items()], sampler.tok,
-                                cfg.judge if judged_reward(reward) else None)
+        data = [Judged(p, DATA_SEED, sampler.tok.encode_image(im)) for p, im in truths.items()]
+        decode_and_judge(data, sampler.tok, cfg.judge if judged_reward(reward) else None)
         for j in data:
             by_prompt[j.prompt].append(j)
 
@@ -258,7 +259,8 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         report["prompts_without_pair"] = sum(1 for p in prompts if not choose_pairs(rewards[p], cfg.margin, cfg.pairs))
     if truths:
         report["truth"] = {"candidates": len(truths), "mean_reward": statistics.fmean(rewards[p][-1] for p in prompts),
-                           "chosen": sum(jc.seed == -1 for jc in chosen), "rejected": sum(jr.seed == -1 for jr in rejected)}
+                           "chosen": sum(source_of(jc) == "data" for jc in chosen),
+                           "rejected": sum(source_of(jr) == "data" for jr in rejected)}
     (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
     firsts = {}  # the first pair of each prompt: pairs=all gives one prompt dozens, which would fill the sheet
     for jc, jr in zip(chosen, rejected):
@@ -288,7 +290,7 @@ def _write_candidates(folder: Path, prompts: list[str], by_prompt: dict[str, lis
 
 def source_of(j: Judged) -> str:
     """"data" for the synthetic set's own image of a prompt (truth=true; seed -1), else "model"."""
-    return "data" if j.seed == -1 else "model"
+    return "data" if j.seed == DATA_SEED else "model"
 
 
 def _truth_images(cfg: MakePrefsConfig, sampler: Sampler) -> dict:
