@@ -16,7 +16,9 @@ rarely draws a relation or a word right has no right sample of those prompts to 
 its `source` "data" in the records; it is index K in `candidates/`.
 
 A pair (chosen, rejected) is kept when the rewards differ by at least `margin`: the best against the worst
-candidate of each prompt (`pairs=best-worst`), or every such pair (`pairs=all`). Pairs are stored as the
+candidate of each prompt (`pairs=best-worst`), every such pair (`pairs=all`: an accepted sample among 16 may
+sit in 15 pairs), or pairs that share no sample (`pairs=disjoint`: the best with the worst, the second best with
+the second worst, and so on while the margin holds, so that every chosen side is a different image). Pairs are stored as the
 model's own **tokens**, never re-encoded from the decoded images (the tokenizer would not give the same
 codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
 per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
@@ -61,7 +63,7 @@ from arlm.tokenizer.codec import token_dtype
 from arlm.transformer.sequence import Vocab
 from arlm.training import resolve_device
 
-PAIR_MODES = ("best-worst", "all")
+PAIR_MODES = ("best-worst", "all", "disjoint")
 DATA_SEED = -1  # the seed of a truth=true candidate: the data's image, not a sample
 
 
@@ -135,6 +137,14 @@ def choose_pairs(rewards: list[float], margin: float, mode: str) -> list[tuple[i
         best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
         worst = min(range(len(rewards)), key=lambda i: (rewards[i], i))
         return [(best, worst)] if best != worst and rewards[best] - rewards[worst] >= margin else []
+    if mode == "disjoint":  # each sample in one pair at most: best with worst, second best with second worst, ...
+        order = sorted(range(len(rewards)), key=lambda i: (-rewards[i], i))
+        out = []
+        for c, r in zip(order[:len(order) // 2], reversed(order)):
+            if rewards[c] - rewards[r] < margin:
+                break
+            out.append((c, r))
+        return out
     return [(i, j) for i in range(len(rewards)) for j in range(len(rewards))
             if i != j and rewards[i] - rewards[j] >= margin and (rewards[i] > rewards[j] or i < j)]
 
