@@ -52,6 +52,10 @@ DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1 trainer.compile=false
 TRAIN_ARGS = trainer.precision=$(PRECISION)
 TOK_ARGS ?=
 PRETRAIN_ARGS ?=
+# a second pretrain phase started from the first (its own warm-up and cosine), for a longer schedule than one
+# run gives (train-default); empty: none, and SFT starts from the pretrain
+PRETRAIN_MORE_ARGS ?=
+BASE = $(if $(PRETRAIN_MORE_ARGS),pretrain-more,pretrain)
 
 demo: $(DEMO)/summary.md  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
 	@cat $(DEMO)/summary.md
@@ -80,8 +84,13 @@ $(RUNS)/pretrain/done: $(SYNTH)-tok/done
 		$(call resume,$(RUNS)/pretrain) $(TRAIN_ARGS) $(PRETRAIN_ARGS) > /dev/null
 	touch $@
 
-$(RUNS)/sft/done: $(RUNS)/pretrain/done
-	$(TIMED) sft $(ARIMG) sft init_from=$(RUNS)/pretrain run_dir=$(RUNS)/sft data.shards=$(SYNTH)-tok \
+$(RUNS)/pretrain-more/done: $(RUNS)/pretrain/done
+	$(TIMED) pretrain-more $(ARIMG) pretrain init_from=$(RUNS)/pretrain run_dir=$(RUNS)/pretrain-more \
+		data.shards=$(SYNTH)-tok $(call resume,$(RUNS)/pretrain-more) $(TRAIN_ARGS) $(PRETRAIN_MORE_ARGS) > /dev/null
+	touch $@
+
+$(RUNS)/sft/done: $(RUNS)/$(BASE)/done
+	$(TIMED) sft $(ARIMG) sft init_from=$(RUNS)/$(BASE) run_dir=$(RUNS)/sft data.shards=$(SYNTH)-tok \
 		$(call resume,$(RUNS)/sft) $(TRAIN_ARGS) > /dev/null
 	touch $@
 
@@ -105,7 +114,7 @@ $(DEMO)/samples/done: $(RUNS)/dpo/done
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	touch $@
 
-$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
+$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-$(BASE).json $(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
 
@@ -131,7 +140,8 @@ train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
-	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/sft $(RUNS)/dpo
+	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
+		$(RUNS)/sft $(RUNS)/dpo
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

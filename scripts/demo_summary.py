@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-STAGES = ("pretrain", "sft", "dpo")  # the models judged, in pipeline order
+STAGES = ("pretrain", "pretrain-more", "sft", "dpo")  # the models judged, in pipeline order (pretrain-more: train-default)
 KINDS = ("single", "count", "relation", "text")
 
 

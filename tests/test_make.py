@@ -32,23 +32,30 @@ sys.exit(1 if os.environ.get("FAKE_FAIL") in args[:1] else 0)
 '''
 
 
-def _make(tmp: Path, fail: str | None = None) -> tuple[int, list[str]]:
+def _make(tmp: Path, fail: str | None = None, *extra: str) -> tuple[int, list[str]]:
     log = tmp / "log"
     log.unlink(missing_ok=True)
     env = {**os.environ, "FAKE_LOG": str(log), "FAKE_FAIL": fail or "-"}
     r = subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={tmp}/venv", f"PY={sys.executable}",
-                        f"ARIMG={tmp}/arimg", f"DEMO={tmp}/demo", f"SYNTH={tmp}/synth", f"RUNS={tmp}/runs"],
+                        f"ARIMG={tmp}/arimg", f"DEMO={tmp}/demo", f"SYNTH={tmp}/synth", f"RUNS={tmp}/runs", *extra],
                        env=env, capture_output=True, text=True)
     return r.returncode, log.read_text().splitlines() if log.exists() else []
 
 
-@pytest.mark.skipif(subprocess.run(["make", "--version"], capture_output=True).returncode != 0, reason="no make")
-def test_make_demo_resumes_where_it_stopped(tmp_path):
-    (tmp_path / "venv").mkdir()
-    (tmp_path / "venv" / ".installed").touch()
-    fake = tmp_path / "arimg"
+NO_MAKE = subprocess.run(["make", "--version"], capture_output=True).returncode != 0
+
+
+def _fake_install(tmp: Path) -> None:
+    (tmp / "venv").mkdir()
+    (tmp / "venv" / ".installed").touch()
+    fake = tmp / "arimg"
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(0o755)
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_make_demo_resumes_where_it_stopped(tmp_path):
+    _fake_install(tmp_path)
 
     code, first = _make(tmp_path, fail="pretrain")  # interrupted during pretrain
     assert code != 0
@@ -67,4 +74,24 @@ def test_make_demo_resumes_where_it_stopped(tmp_path):
     code, third = _make(tmp_path)  # all done: nothing runs
     assert code == 0 and third == []
     for line in first + second:  # and every command the Makefile gives arimg parses and composes today
+        check_parses(shlex.split(line))
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_a_second_pretrain_phase_starts_from_the_first_and_sft_from_it(tmp_path):
+    """PRETRAIN_MORE_ARGS (train-default's longer schedule): pretrain-more runs init_from the pretrain with those
+    overrides, is evaluated beside it, and SFT starts from it; without them (the demo) no such stage runs."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "PRETRAIN_MORE_ARGS=trainer.max_steps=7 trainer.lr=1e-3")
+    assert code == 0, log
+    runs = tmp_path / "runs"
+    more = [ln for ln in log if f"run_dir={runs}/pretrain-more" in ln]
+    assert len(more) == 1 and more[0].startswith("pretrain ") and f"init_from={runs}/pretrain " in more[0] + " "
+    assert "trainer.max_steps=7" in more[0] and "trainer.lr=1e-3" in more[0]
+    sft = [ln for ln in log if ln.startswith("sft ")]
+    assert len(sft) == 1 and f"init_from={runs}/pretrain-more " in sft[0] + " "
+    assert log.index(more[0]) < log.index(sft[0])
+    evals = [ln for ln in log if ln.startswith("eval generator")]
+    assert any(f"--ckpt {runs}/pretrain-more " in e + " " for e in evals) and len(evals) == 4
+    for line in log:
         check_parses(shlex.split(line))
