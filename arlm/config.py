@@ -302,7 +302,8 @@ class MakePrefsConfig(PromptSource):
     reward: str = "judge"
     labels: Optional[str] = None  # JSON lines of human choices {"prompt", "chosen", "rejected"} (sample seeds)
     margin: float = 0.1  # keep a pair only if the rewards differ by at least this much
-    pairs: str = "best-worst"  # best-worst: one pair per prompt | all: every pair that clears the margin | disjoint: no shared sample
+    # best-worst: one pair per prompt | all: every pair that clears the margin | disjoint: pairs share no sample
+    pairs: str = "best-worst"
     # also a candidate per grammar prompt: the synthetic set's own image of it, through the model's tokenizer
     truth: bool = False
     batch_size: int = 32  # images per sampling batch

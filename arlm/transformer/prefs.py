@@ -17,10 +17,10 @@ its `source` "data" in the records; it is index K in `candidates/`.
 
 A pair (chosen, rejected) is kept when the rewards differ by at least `margin`: the best against the worst
 candidate of each prompt (`pairs=best-worst`), every such pair (`pairs=all`: an accepted sample among 16 may
-sit in 15 pairs), or pairs that share no sample (`pairs=disjoint`: the best with the worst, the second best with
-the second worst, and so on while the margin holds, so that every chosen side is a different image). Pairs are stored as the
-model's own **tokens**, never re-encoded from the decoded images (the tokenizer would not give the same
-codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
+sit in 15 pairs), or pairs that share no sample (`pairs=disjoint`: the best with the worst, the second best
+with the second worst, and so on while the margin holds, so that every chosen side is a different image).
+Pairs are stored as the model's own **tokens**, never re-encoded from the decoded images (the tokenizer
+would not give the same codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
 per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
 `KEY.chosen.png` / `KEY.rejected.png` for people. Beside them: `tokens.json` (as `arimg pretokenize`
 writes it), `prefs.json` (the vocabulary and how the pairs were made) and `pairs.png`, a contact sheet of
