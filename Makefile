@@ -124,15 +124,17 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 
 # ---------------------------------------------------------------------------------------------------------
 # make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
-# a longer tokenizer and pretrain schedule, DPO on the judge's yes/no (the best preference round measured) and
-# the full evaluation, then `arimg export` and the README's picture. About 100 minutes on 2 cores;
-# interrupted, it continues where it stopped (the stages resume exactly) when run again.
+# a longer tokenizer and pretrain schedule (18,000 steps, then 15,000 more from them at a third of the peak lr),
+# DPO on the judge's yes/no (the best preference round measured) and the full evaluation, then `arimg export`
+# and the README's picture. About 150 minutes on 2 cores; interrupted, it continues where it stopped (the
+# stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
+	PRETRAIN_MORE_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=1" \
 	DEMO_PREFS="reward=accept margin=0.5 pairs=all k=8 per_kind=100" \
 	DEMO_DPO="trainer.max_steps=100 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 100 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 150 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json
