@@ -114,7 +114,8 @@ $(DEMO)/samples/done: $(RUNS)/dpo/done
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	touch $@
 
-$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-$(BASE).json $(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
+$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(if $(PRETRAIN_MORE_ARGS),$(DEMO)/eval-pretrain-more.json) \
+		$(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
 
@@ -126,7 +127,7 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
 # a longer tokenizer and pretrain schedule (18,000 steps, then 15,000 more from them at a third of the peak lr),
 # DPO on the judge's yes/no (the best preference round measured) and the full evaluation, then `arimg export`
-# and the README's picture. About 150 minutes on 2 cores; interrupted, it continues where it stopped (the
+# and the README's picture. About 145 minutes on 2 cores; interrupted, it continues where it stopped (the
 # stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
@@ -134,7 +135,7 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_PREFS="reward=accept margin=0.5 pairs=all k=8 per_kind=100" \
 	DEMO_DPO="trainer.max_steps=100 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 150 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 145 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json

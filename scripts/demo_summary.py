@@ -12,7 +12,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-STAGES = ("pretrain", "pretrain-more", "sft", "dpo")  # the models judged, in pipeline order (pretrain-more: train-default)
+# the models judged, in pipeline order (pretrain-more: the second pretrain phase of make train-default)
+STAGES = ("pretrain", "pretrain-more", "sft", "dpo")
 KINDS = ("single", "count", "relation", "text")
 
 
@@ -84,7 +85,8 @@ def summary(demo: Path, runs: Path) -> str:
     lines += ["", "Pictures:",
               f"- the synthetic set: {demo}/contact-sheet.png",
               f"- tokenizer reconstructions: {runs}/tok-gen/images/",
-              f"- training sample grids and loss plots: {runs}/pretrain/images/, {runs}/sft/images/, {runs}/dpo/images/",
+              "- training sample grids and loss plots: "
+              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or s != "pretrain-more"),
               f"- preference pairs (chosen | rejected): {demo}/prefs/pairs.png",
               f"- judged samples per kind and stage: {demo}/eval-<stage>/sheet-<kind>.png",
               f"- samples for four prompts: {demo}/samples/", ""]

@@ -80,17 +80,21 @@ def test_pairs_clear_the_margin_and_never_pair_a_sample_with_itself():
     assert choose_pairs([0.5, 0.52], 0.1, "best-worst") == []
     pairs = choose_pairs([0.5, 0.9, 0.1], 0.3, "all")
     assert sorted(pairs) == [(0, 2), (1, 0), (1, 2)]
-    # disjoint: each sample in one pair at most, best with worst inwards, while the margin holds
+    # disjoint: each sample in one pair at most, best with worst inwards, while the gap clears the margin and
+    # is above 0 (a tie is no preference); float rounding does not drop a pair that clears it exactly
     assert choose_pairs([1, 0, 0, 1, 0, 1, 0], 0.5, "disjoint") == [(0, 6), (3, 4), (5, 2)]
     assert choose_pairs([0.9, 0.5, 0.1, 0.45], 0.3, "disjoint") == [(0, 2)]
     assert choose_pairs([1, 1, 0], 0.5, "disjoint") == [(0, 2)]
-    assert choose_pairs([0.5, 0.5, 0.5], 0.0, "disjoint") == [(0, 2)]
-    rewards = [0.3, 0.8, 0.1, 0.9, 0.4, 0.2, 0.7, 0.6]
-    for margin in (0.0, 0.2, 0.5, 0.9):
-        pairs = choose_pairs(rewards, margin, "disjoint")
+    assert choose_pairs([0.5, 0.5, 0.5], 0.0, "disjoint") == []
+    assert choose_pairs([0.5, 0.7, 0.5], 0.0, "disjoint") == [(1, 2)]
+    assert choose_pairs([0.6, 0.4], 0.2, "disjoint") == [(0, 1)] == choose_pairs([0.6, 0.4], 0.2, "best-worst")
+    rewards = [0.3, 0.8, 0.1, 0.9, 0.4, 0.2, 0.7, 0.6]  # ranked: 3, 1, 6, 7, 4, 0, 5, 2
+    expect = {0.0: [(3, 2), (1, 5), (6, 0), (7, 4)], 0.2: [(3, 2), (1, 5), (6, 0), (7, 4)],
+              0.5: [(3, 2), (1, 5)], 0.9: []}
+    for margin, pairs in expect.items():
+        assert choose_pairs(rewards, margin, "disjoint") == pairs
         used = [i for pair in pairs for i in pair]
-        assert len(used) == len(set(used))
-        assert all(rewards[c] - rewards[r] >= margin for c, r in pairs)
+        assert len(used) == len(set(used)) and all(rewards[c] - rewards[r] >= margin - 1e-9 for c, r in pairs)
 
 
 def _one_error(err: str) -> bool:

@@ -69,6 +69,7 @@ def test_make_demo_resumes_where_it_stopped(tmp_path):
     assert stages[:2] == ["pretrain", "eval"]  # nothing before pretrain again; then its evaluation
     assert "resume=true" in second[0]  # its checkpoint is newer than its input: continued, not restarted
     assert {"sft", "make-prefs", "dpo", "sample"} <= set(stages) and stages.count("eval") == 3
+    assert not any("pretrain-more" in ln for ln in first + second)  # no PRETRAIN_MORE_ARGS: no second phase
     assert (tmp_path / "demo" / "summary.md").is_file()
 
     code, third = _make(tmp_path)  # all done: nothing runs

@@ -20,9 +20,9 @@ candidate of each prompt (`pairs=best-worst`), every such pair (`pairs=all`: an 
 sit in 15 pairs), or pairs that share no sample (`pairs=disjoint`: the best with the worst, the second best
 with the second worst, and so on while the margin holds, so that every chosen side is a different image).
 Pairs are stored as the model's own **tokens**, never re-encoded from the decoded images (the tokenizer
-would not give the same codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and the reference model's
-per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w) codes) and
-`KEY.chosen.png` / `KEY.rejected.png` for people. Beside them: `tokens.json` (as `arimg pretokenize`
+would not give the same codes back), in webdataset shards: `KEY.json` (prompt, kind, seeds, rewards and
+the reference model's per-sequence log-probs of both sides), `KEY.chosen.npy` / `KEY.rejected.npy` ((h, w)
+codes) and `KEY.chosen.png` / `KEY.rejected.png` for people. Beside them: `tokens.json` (as `arimg pretokenize`
 writes it), `prefs.json` (the vocabulary and how the pairs were made) and `pairs.png`, a contact sheet of
 the first pair of each of the first 24 prompts, chosen left of rejected, to look for reward hacking by eye.
 
@@ -132,21 +132,27 @@ def read_labels(path: str, k: int) -> list[tuple[str, int, int]]:
 
 
 def choose_pairs(rewards: list[float], margin: float, mode: str) -> list[tuple[int, int]]:
-    """(chosen, rejected) indices of one prompt's samples whose rewards differ by at least `margin`."""
+    """(chosen, rejected) indices of one prompt's samples whose rewards differ by at least `margin` (up to float
+    rounding: 0.6 - 0.4 clears 0.2). `disjoint` pairs the best with the worst, the second best with the second
+    worst and so on while the gap clears the margin and is above 0 (a tie is no preference): with yes/no rewards
+    that is every sample of the rarer side; with graded ones it may be fewer than the most disjoint pairs."""
+    def clears(c: int, r: int) -> bool:
+        return rewards[c] - rewards[r] >= margin - 1e-9
+
     if mode == "best-worst":
         best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
         worst = min(range(len(rewards)), key=lambda i: (rewards[i], i))
-        return [(best, worst)] if best != worst and rewards[best] - rewards[worst] >= margin else []
-    if mode == "disjoint":  # each sample in one pair at most: best with worst, second best with second worst, ...
+        return [(best, worst)] if best != worst and clears(best, worst) else []
+    if mode == "disjoint":
         order = sorted(range(len(rewards)), key=lambda i: (-rewards[i], i))
         out = []
         for c, r in zip(order[:len(order) // 2], reversed(order)):
-            if rewards[c] - rewards[r] < margin:
+            if rewards[c] <= rewards[r] or not clears(c, r):
                 break
             out.append((c, r))
         return out
     return [(i, j) for i in range(len(rewards)) for j in range(len(rewards))
-            if i != j and rewards[i] - rewards[j] >= margin and (rewards[i] > rewards[j] or i < j)]
+            if i != j and clears(i, j) and (rewards[i] > rewards[j] or i < j)]
 
 
 @torch.no_grad()
