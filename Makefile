@@ -114,8 +114,9 @@ $(DEMO)/samples/done: $(RUNS)/dpo/done
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	touch $@
 
-$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(if $(PRETRAIN_MORE_ARGS),$(DEMO)/eval-pretrain-more.json) \
-		$(DEMO)/eval-sft.json $(DEMO)/eval-dpo.json $(DEMO)/samples/done
+# (eval-$(BASE) is eval-pretrain again without a second phase: make lists a prerequisite once)
+$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-$(BASE).json $(DEMO)/eval-sft.json \
+		$(DEMO)/eval-dpo.json $(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
 
