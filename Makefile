@@ -52,10 +52,16 @@ DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1 trainer.compile=false
 TRAIN_ARGS = trainer.precision=$(PRECISION)
 TOK_ARGS ?=
 PRETRAIN_ARGS ?=
-# a second pretrain phase started from the first (its own warm-up and cosine), for a longer schedule than one
-# run gives (train-default); empty: none, and SFT starts from the pretrain
+# further pretrain phases, each started from the one before with its own warm-up and cosine, for a longer
+# schedule than one run gives (train-default): pretrain-more from pretrain, pretrain-more2 from pretrain-more.
+# Empty: no such phase, and SFT starts from the last one that runs
 PRETRAIN_MORE_ARGS ?=
-BASE = $(if $(PRETRAIN_MORE_ARGS),pretrain-more,pretrain)
+PRETRAIN_MORE2_ARGS ?=
+MORE = $(if $(PRETRAIN_MORE_ARGS),pretrain-more $(if $(PRETRAIN_MORE2_ARGS),pretrain-more2))
+BASE = $(lastword pretrain $(MORE))
+# $(call more_phase,NAME,FROM,OVERRIDES): a pretrain phase that starts from the run FROM
+more_phase = $(TIMED) $(1) $(ARIMG) pretrain init_from=$(RUNS)/$(2) run_dir=$(RUNS)/$(1) data.shards=$(SYNTH)-tok \
+	$(call resume,$(RUNS)/$(1)) $(TRAIN_ARGS) $(3) > /dev/null
 
 demo: $(DEMO)/summary.md  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
 	@cat $(DEMO)/summary.md
@@ -85,8 +91,11 @@ $(RUNS)/pretrain/done: $(SYNTH)-tok/done
 	touch $@
 
 $(RUNS)/pretrain-more/done: $(RUNS)/pretrain/done
-	$(TIMED) pretrain-more $(ARIMG) pretrain init_from=$(RUNS)/pretrain run_dir=$(RUNS)/pretrain-more \
-		data.shards=$(SYNTH)-tok $(call resume,$(RUNS)/pretrain-more) $(TRAIN_ARGS) $(PRETRAIN_MORE_ARGS) > /dev/null
+	$(call more_phase,pretrain-more,pretrain,$(PRETRAIN_MORE_ARGS))
+	touch $@
+
+$(RUNS)/pretrain-more2/done: $(RUNS)/pretrain-more/done
+	$(call more_phase,pretrain-more2,pretrain-more,$(PRETRAIN_MORE2_ARGS))
 	touch $@
 
 $(RUNS)/sft/done: $(RUNS)/$(BASE)/done
@@ -114,8 +123,7 @@ $(DEMO)/samples/done: $(RUNS)/dpo/done
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	touch $@
 
-# (eval-$(BASE) is eval-pretrain again without a second phase: make lists a prerequisite once)
-$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(DEMO)/eval-$(BASE).json $(DEMO)/eval-sft.json \
+$(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(foreach s,$(MORE),$(DEMO)/eval-$(s).json) $(DEMO)/eval-sft.json \
 		$(DEMO)/eval-dpo.json $(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
@@ -126,17 +134,18 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 
 # ---------------------------------------------------------------------------------------------------------
 # make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
-# a longer tokenizer and pretrain schedule (18,000 steps, then 15,000 more from them at a third of the peak lr),
-# DPO on the judge's yes/no (the best preference round measured) and the full evaluation, then `arimg export`
-# and the README's picture. About 145 minutes on 2 cores; interrupted, it continues where it stopped (the
-# stages resume exactly) when run again.
+# a longer tokenizer and pretrain schedule (18,000 steps, then twice 15,000 more, each phase from the one before
+# at a third of the peak lr and with a new data order), DPO on the judge's yes/no (the best preference round
+# measured) and the full evaluation, then `arimg export` and the README's picture. About 195 minutes on
+# 2 cores; interrupted, it continues where it stopped (the stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
 	PRETRAIN_MORE_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=1" \
+	PRETRAIN_MORE2_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=2" \
 	DEMO_PREFS="reward=accept margin=0.5 pairs=all k=8 per_kind=100" \
 	DEMO_DPO="trainer.max_steps=100 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 145 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 195 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json
@@ -144,7 +153,7 @@ train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
-	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
+	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more $(RUNS)/pretrain-more2 \
 		$(RUNS)/sft $(RUNS)/dpo
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs

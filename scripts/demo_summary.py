@@ -12,8 +12,9 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-# the models judged, in pipeline order (pretrain-more: the second pretrain phase of make train-default)
-STAGES = ("pretrain", "pretrain-more", "sft", "dpo")
+# the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of make
+# train-default)
+STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo")
 KINDS = ("single", "count", "relation", "text")
 
 
@@ -86,7 +87,7 @@ def summary(demo: Path, runs: Path) -> str:
               f"- the synthetic set: {demo}/contact-sheet.png",
               f"- tokenizer reconstructions: {runs}/tok-gen/images/",
               "- training sample grids and loss plots: "
-              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or s != "pretrain-more"),
+              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or "-more" not in s),
               f"- preference pairs (chosen | rejected): {demo}/prefs/pairs.png",
               f"- judged samples per kind and stage: {demo}/eval-<stage>/sheet-<kind>.png",
               f"- samples for four prompts: {demo}/samples/", ""]

@@ -94,5 +94,28 @@ def test_a_second_pretrain_phase_starts_from_the_first_and_sft_from_it(tmp_path)
     assert log.index(more[0]) < log.index(sft[0])
     evals = [ln for ln in log if ln.startswith("eval generator")]
     assert any(f"--ckpt {runs}/pretrain-more " in e + " " for e in evals) and len(evals) == 4
+    assert not any("pretrain-more2" in ln for ln in log)  # no PRETRAIN_MORE2_ARGS: no third phase
+    for line in log:
+        check_parses(shlex.split(line))
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_a_third_pretrain_phase_starts_from_the_second(tmp_path):
+    """PRETRAIN_MORE2_ARGS: pretrain-more2 runs init_from pretrain-more after it, every phase is evaluated, and
+    SFT starts from the last phase."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "PRETRAIN_MORE_ARGS=trainer.max_steps=7",
+                      "PRETRAIN_MORE2_ARGS=trainer.max_steps=5 data.seed=2")
+    assert code == 0, log
+    runs = tmp_path / "runs"
+    phases = [ln for ln in log if ln.startswith("pretrain ")]
+    assert [ln.split("run_dir=")[1].split()[0] for ln in phases] == [
+        f"{runs}/pretrain", f"{runs}/pretrain-more", f"{runs}/pretrain-more2"]  # in this order, one run each
+    assert f"init_from={runs}/pretrain-more " in phases[2] + " " and "trainer.max_steps=5 data.seed=2" in phases[2]
+    assert "trainer.max_steps=7" in phases[1] and "data.seed=2" not in phases[1]
+    sft = [ln for ln in log if ln.startswith("sft ")]
+    assert len(sft) == 1 and f"init_from={runs}/pretrain-more2 " in sft[0] + " "
+    evals = [ln.split("--ckpt ")[1].split()[0] for ln in log if ln.startswith("eval generator")]
+    assert sorted(evals) == sorted(f"{runs}/{s}" for s in ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo"))
     for line in log:
         check_parses(shlex.split(line))
