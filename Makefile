@@ -136,7 +136,7 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
 # a longer tokenizer and pretrain schedule (18,000 steps, then twice 15,000 more, each phase from the one before
 # at a third of the peak lr and with a new data order), DPO on the judge's yes/no (the best preference round
-# measured) and the full evaluation, then `arimg export` and the README's picture. About 195 minutes on
+# measured) and the full evaluation, then `arimg export` and the README's picture. About 205 minutes on
 # 2 cores; interrupted, it continues where it stopped (the stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
@@ -145,7 +145,7 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_PREFS="reward=accept margin=0.5 pairs=all k=8 per_kind=100" \
 	DEMO_DPO="trainer.max_steps=100 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 195 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 205 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json
@@ -153,8 +153,8 @@ train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
-	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more $(RUNS)/pretrain-more2 \
-		$(RUNS)/sft $(RUNS)/dpo
+	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
+		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

@@ -228,7 +228,7 @@ class SamplingConfig:
     cfg_schedule: str = "constant"  # constant | linear (1 -> cfg over the grid) | interval
     cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # interval: the grid fractions guided
     temperature: float = 1.0  # 0 = greedy
-    top_k: int = 10  # 0 = off; 10 since the bundled model measured best there (docs/sampling.md)
+    top_k: int = 10  # 0 = off; 10: measured on the bundled model (docs/sampling.md, "Why top-k 10")
     top_p: float = 1.0  # 1 = off
 
 
