@@ -135,17 +135,19 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # ---------------------------------------------------------------------------------------------------------
 # make train-default: the recipe of the bundled model (arlm/default/model): the demo's stages with more data,
 # a longer tokenizer and pretrain schedule (18,000 steps, then twice 15,000 more, each phase from the one before
-# at a third of the peak lr and with a new data order), DPO on the judge's yes/no (the best preference round
-# measured) and the full evaluation, then `arimg export` and the README's picture. About 205 minutes on
-# 2 cores; interrupted, it continues where it stopped (the stages resume exactly) when run again.
+# at a third of the peak lr and with a new data order), a preference round on many different accepted samples
+# (32 per training prompt, 300 prompts per kind, the judge's yes/no, every accepted sample the chosen side of
+# one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), the full evaluation, then
+# `arimg export` and the README's picture. About 250 minutes on 2 cores; interrupted, it continues where it
+# stopped (the stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
 	PRETRAIN_MORE_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=1" \
 	PRETRAIN_MORE2_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=2" \
-	DEMO_PREFS="reward=accept margin=0.5 pairs=all k=8 per_kind=100" \
-	DEMO_DPO="trainer.max_steps=100 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
+	DEMO_PREFS="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64" \
+	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 205 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 250 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
 		--eval data/default/eval-dpo.json

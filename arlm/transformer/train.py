@@ -182,7 +182,8 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
     flops_tok = model.flops_per_token(batches.seq_len)
     peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
     log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
-             cfg.stage, model.num_params() / 1e6, cfg.data.batch_size, batches.seq_len, world, tc.grad_accum, precision)
+             cfg.stage, model.num_params() / 1e6, batches.tokens_per_step // batches.seq_len, batches.seq_len, world,
+             tc.grad_accum, precision)  # DPO: two sequences (chosen, rejected) per pair of data.batch_size
     pictures = SamplePictures(cfg, vocab, info.grid, run, rank, precision, objective.plots)
 
     def save() -> None:
