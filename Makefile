@@ -49,6 +49,11 @@ DEMO_EVAL ?= per_kind=25 n=4
 # (compiling costs more than its 30 steps)
 DEMO_PREFS ?= per_kind=50
 DEMO_DPO ?= trainer.max_steps=30 dpo.ntp_weight=1 trainer.compile=false
+# a second preference round (train-default): pairs from the DPO run's own samples (DEMO_PREFS2), then DPO from
+# that run on them (DEMO_DPO2). Empty DEMO_PREFS2 (the demo): no second round; the last model is the DPO run
+DEMO_PREFS2 ?=
+DEMO_DPO2 ?=
+LAST = $(if $(DEMO_PREFS2),dpo2,dpo)
 TRAIN_ARGS = trainer.precision=$(PRECISION)
 TOK_ARGS ?=
 PRETRAIN_ARGS ?=
@@ -113,18 +118,28 @@ $(RUNS)/dpo/done: $(DEMO)/prefs/done
 		$(call resume,$(RUNS)/dpo) $(TRAIN_ARGS) > /dev/null
 	touch $@
 
+$(DEMO)/prefs2/done: $(RUNS)/dpo/done
+	$(TIMED) make-prefs2 $(ARIMG) make-prefs --ckpt $(RUNS)/dpo out=$(DEMO)/prefs2 $(DEMO_PREFS2) overwrite=true \
+		> $(DEMO)/prefs2.json
+	touch $@
+
+$(RUNS)/dpo2/done: $(DEMO)/prefs2/done
+	$(TIMED) dpo2 $(ARIMG) dpo init_from=$(RUNS)/dpo run_dir=$(RUNS)/dpo2 data.shards=$(DEMO)/prefs2 $(DEMO_DPO2) \
+		$(call resume,$(RUNS)/dpo2) $(TRAIN_ARGS) > /dev/null
+	touch $@
+
 $(DEMO)/eval-%.json: $(RUNS)/%/done
 	$(TIMED) eval-$* $(ARIMG) eval generator --ckpt $(RUNS)/$* $(DEMO_EVAL) out=$(DEMO)/eval-$* > $@.tmp
 	mv $@.tmp $@
 
-$(DEMO)/samples/done: $(RUNS)/dpo/done
-	$(TIMED) samples $(ARIMG) sample --ckpt $(RUNS)/dpo -p "a red circle" -p "two blue squares on a white background" \
+$(DEMO)/samples/done: $(RUNS)/$(LAST)/done
+	$(TIMED) samples $(ARIMG) sample --ckpt $(RUNS)/$(LAST) -p "a red circle" -p "two blue squares on a white background" \
 		-p "a green triangle left of a yellow circle" -p 'the word "CAT" in orange' --n 8 --grid \
 		--out $(DEMO)/samples > $(DEMO)/samples.jsonl
 	touch $@
 
 $(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(foreach s,$(MORE),$(DEMO)/eval-$(s).json) $(DEMO)/eval-sft.json \
-		$(DEMO)/eval-dpo.json $(DEMO)/samples/done
+		$(DEMO)/eval-dpo.json $(if $(DEMO_PREFS2),$(DEMO)/eval-dpo2.json) $(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
 
@@ -137,26 +152,29 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # a longer tokenizer and pretrain schedule (18,000 steps, then twice 15,000 more, each phase from the one before
 # at a third of the peak lr and with a new data order), a preference round on many different accepted samples
 # (32 per training prompt, 300 prompts per kind, the judge's yes/no, every accepted sample the chosen side of
-# one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), the full evaluation, then
-# `arimg export` and the README's picture. About 250 minutes on 2 cores; interrupted, it continues where it
+# one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), a second round the same way
+# from that DPO run's own samples (sampling seed 1: 5,912 pairs, 739 steps), the full evaluation, then
+# `arimg export` and the README's picture. About 300 minutes on 2 cores; interrupted, it continues where it
 # stopped (the stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
 	PRETRAIN_MORE_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=1" \
 	PRETRAIN_MORE2_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=2" \
 	DEMO_PREFS="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64" \
-	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
+	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" \
+	DEMO_PREFS2="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64 seed=1" \
+	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 250 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 300 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
-	$(ARIMG) export --ckpt runs/default/dpo --out arlm/default/model --name arimg-default --overwrite \
-		--eval data/default/eval-dpo.json
-	$(PY) scripts/model_sheet.py data/default/eval-dpo docs/default-model.png --per-kind 8
+	$(ARIMG) export --ckpt runs/default/dpo2 --out arlm/default/model --name arimg-default --overwrite \
+		--eval data/default/eval-dpo2.json
+	$(PY) scripts/model_sheet.py data/default/eval-dpo2 docs/default-model.png --per-kind 8
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
 	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
-		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo
+		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

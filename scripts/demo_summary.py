@@ -13,8 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 
 # the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of make
-# train-default)
-STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo")
+# train-default; dpo2: its second preference round); the optional ones are listed only where they ran
+STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2")
+OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2"}
 KINDS = ("single", "count", "relation", "text")
 
 
@@ -68,10 +69,11 @@ def summary(demo: Path, runs: Path) -> str:
     if tok:
         lines.append(f"- the tokenizer: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out images, "
                      f"the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its reconstructions")
-    prefs = _json(demo / "prefs.json")
-    if prefs:
-        lines.append(f"- make-prefs: {prefs.get('pairs')} pairs from {prefs.get('prompts')} prompts x "
-                     f"{prefs.get('samples', 0) // max(1, prefs.get('prompts', 1))} samples")
+    for name, label in (("prefs", "make-prefs"), ("prefs2", "make-prefs, second round")):
+        prefs = _json(demo / f"{name}.json")
+        if prefs:
+            lines.append(f"- {label}: {prefs.get('pairs')} pairs from {prefs.get('prompts')} prompts x "
+                         f"{prefs.get('samples', 0) // max(1, prefs.get('prompts', 1))} samples")
     lines += ["", "Accepted by the judge, held-out prompts (`arimg eval generator`, "
               f"{_json(demo / 'eval-sft.json').get('n', '?')} images per stage):", "",
               "| stage | " + " | ".join(KINDS) + " | overall | distinct grids |", "|---" * (len(KINDS) + 3) + "|"]
@@ -87,8 +89,9 @@ def summary(demo: Path, runs: Path) -> str:
               f"- the synthetic set: {demo}/contact-sheet.png",
               f"- tokenizer reconstructions: {runs}/tok-gen/images/",
               "- training sample grids and loss plots: "
-              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or "-more" not in s),
-              f"- preference pairs (chosen | rejected): {demo}/prefs/pairs.png",
+              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or s not in OPTIONAL),
+              f"- preference pairs (chosen | rejected): {demo}/prefs/pairs.png"
+              + (f", {demo}/prefs2/pairs.png" if (demo / "prefs2").is_dir() else ""),
               f"- judged samples per kind and stage: {demo}/eval-<stage>/sheet-<kind>.png",
               f"- samples for four prompts: {demo}/samples/", ""]
     return "\n".join(lines)

@@ -119,3 +119,33 @@ def test_a_third_pretrain_phase_starts_from_the_second(tmp_path):
     assert sorted(evals) == sorted(f"{runs}/{s}" for s in ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo"))
     for line in log:
         check_parses(shlex.split(line))
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_a_second_preference_round_starts_from_the_dpo_run(tmp_path):
+    """DEMO_PREFS2 (train-default's second round): make-prefs samples the DPO run, dpo2 trains from the DPO run on
+    those pairs, both DPO runs are evaluated and the sample grids come from dpo2; without it (the demo) no such
+    stage runs and the grids come from the DPO run."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "DEMO_PREFS2=k=4 seed=1", "DEMO_DPO2=trainer.max_steps=9")
+    assert code == 0, log
+    runs, demo = tmp_path / "runs", tmp_path / "demo"
+    prefs = [ln for ln in log if ln.startswith("make-prefs ")]
+    assert len(prefs) == 2 and f"--ckpt {runs}/sft " in prefs[0] and f"--ckpt {runs}/dpo " in prefs[1] + " "
+    assert f"out={demo}/prefs2" in prefs[1] and "k=4 seed=1" in prefs[1]
+    dpo = [ln for ln in log if ln.startswith("dpo ")]
+    assert len(dpo) == 2 and f"init_from={runs}/dpo run_dir={runs}/dpo2 data.shards={demo}/prefs2" in dpo[1]
+    assert "trainer.max_steps=9" in dpo[1] and log.index(prefs[1]) < log.index(dpo[1])
+    evals = [ln.split("--ckpt ")[1].split()[0] for ln in log if ln.startswith("eval generator")]
+    assert sorted(evals) == sorted(f"{runs}/{s}" for s in ("pretrain", "sft", "dpo", "dpo2"))
+    sample = [ln for ln in log if ln.startswith("sample ")]
+    assert len(sample) == 1 and f"--ckpt {runs}/dpo2 " in sample[0]
+    for line in log:
+        check_parses(shlex.split(line))
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _fake_install(plain)
+    code, log = _make(plain)
+    assert code == 0 and not any("dpo2" in ln or "prefs2" in ln for ln in log)
+    assert f"--ckpt {plain}/runs/dpo " in [ln for ln in log if ln.startswith("sample ")][0]
