@@ -67,6 +67,12 @@ BASE = $(lastword pretrain $(MORE))
 # $(call more_phase,NAME,FROM,OVERRIDES): a pretrain phase that starts from the run FROM
 more_phase = $(TIMED) $(1) $(ARIMG) pretrain init_from=$(RUNS)/$(2) run_dir=$(RUNS)/$(1) data.shards=$(SYNTH)-tok \
 	$(call resume,$(RUNS)/$(1)) $(TRAIN_ARGS) $(3) > /dev/null
+# $(call prefs_round,STAGE,OUT,FROM,OVERRIDES): preference pairs in $(DEMO)/OUT from the run FROM's samples
+prefs_round = $(TIMED) $(1) $(ARIMG) make-prefs --ckpt $(RUNS)/$(3) out=$(DEMO)/$(2) $(4) overwrite=true \
+	> $(DEMO)/$(2).json
+# $(call dpo_round,NAME,FROM,PREFS,OVERRIDES): DPO run NAME from the run FROM on the pairs in $(DEMO)/PREFS
+dpo_round = $(TIMED) $(1) $(ARIMG) dpo init_from=$(RUNS)/$(2) run_dir=$(RUNS)/$(1) data.shards=$(DEMO)/$(3) $(4) \
+	$(call resume,$(RUNS)/$(1)) $(TRAIN_ARGS) > /dev/null
 
 demo: $(DEMO)/summary.md  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
 	@cat $(DEMO)/summary.md
@@ -109,23 +115,19 @@ $(RUNS)/sft/done: $(RUNS)/$(BASE)/done
 	touch $@
 
 $(DEMO)/prefs/done: $(RUNS)/sft/done
-	$(TIMED) make-prefs $(ARIMG) make-prefs --ckpt $(RUNS)/sft out=$(DEMO)/prefs $(DEMO_PREFS) overwrite=true \
-		> $(DEMO)/prefs.json
+	$(call prefs_round,make-prefs,prefs,sft,$(DEMO_PREFS))
 	touch $@
 
 $(RUNS)/dpo/done: $(DEMO)/prefs/done
-	$(TIMED) dpo $(ARIMG) dpo init_from=$(RUNS)/sft run_dir=$(RUNS)/dpo data.shards=$(DEMO)/prefs $(DEMO_DPO) \
-		$(call resume,$(RUNS)/dpo) $(TRAIN_ARGS) > /dev/null
+	$(call dpo_round,dpo,sft,prefs,$(DEMO_DPO))
 	touch $@
 
 $(DEMO)/prefs2/done: $(RUNS)/dpo/done
-	$(TIMED) make-prefs2 $(ARIMG) make-prefs --ckpt $(RUNS)/dpo out=$(DEMO)/prefs2 $(DEMO_PREFS2) overwrite=true \
-		> $(DEMO)/prefs2.json
+	$(call prefs_round,make-prefs2,prefs2,dpo,$(DEMO_PREFS2))
 	touch $@
 
 $(RUNS)/dpo2/done: $(DEMO)/prefs2/done
-	$(TIMED) dpo2 $(ARIMG) dpo init_from=$(RUNS)/dpo run_dir=$(RUNS)/dpo2 data.shards=$(DEMO)/prefs2 $(DEMO_DPO2) \
-		$(call resume,$(RUNS)/dpo2) $(TRAIN_ARGS) > /dev/null
+	$(call dpo_round,dpo2,dpo,prefs2,$(DEMO_DPO2))
 	touch $@
 
 $(DEMO)/eval-%.json: $(RUNS)/%/done
