@@ -218,6 +218,8 @@ class DPOConfig:
     label_smoothing: float = 0.0  # sigmoid (conservative DPO) and robust: the assumed share of flipped labels
     ntp_weight: float = 0.0  # + this x the chosen samples' mean next-token loss per visual token (keeps them likely)
     reference: str = "shards"  # shards: the log-probs make-prefs stored | live: a frozen copy of the initial model
+    # > 0: train this many passes over the pairs (steps rounded up), in place of trainer.max_steps
+    epochs: float = 0.0
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 
 from arlm import checkpoint
 from arlm.config import DPOConfig, compose, to_object
+from arlm.errors import ConfigError
 from arlm.transformer.ckpt import load_model
 from arlm.transformer.data import pad_text
 from arlm.transformer.dpo import dpo_loss
@@ -272,6 +273,16 @@ def test_a_tiny_dpo_run_starts_at_the_reference_and_raises_the_margin(tmp_path, 
     for a, b in zip(rows(live), rows(stored)):  # a frozen copy of the initial model gives the stored log-probs
         for key in ("loss", "rewards/chosen", "rewards/rejected"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6)
+
+
+def test_dpo_epochs_sets_the_run_length_from_the_pair_count(tmp_path, prefs, tiny_lm):
+    out, report = prefs
+    run = train(dpo_cfg(out, tiny_lm, tmp_path / "e", "dpo.epochs=1.5", "trainer.max_steps=1000"))
+    steps = math.ceil(1.5 * report["pairs"] / 8)  # data.batch_size=8 pairs per step
+    assert [x["step"] for x in rows(run)] == list(range(1, steps + 1))
+    assert checkpoint.latest(run).name.endswith(f"{steps:07d}")
+    with pytest.raises(ConfigError, match="dpo.epochs"):
+        train(dpo_cfg(out, tiny_lm, tmp_path / "n", "dpo.epochs=-1"))
 
 
 def test_dpo_resume_continues_the_same_run(tmp_path, prefs, tiny_lm):

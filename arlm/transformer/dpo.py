@@ -17,12 +17,14 @@ b is `dpo.beta`, e `dpo.label_smoothing`. `dpo.ntp_weight` adds the chosen sampl
 per visual token), which keeps their likelihood from falling while the margin grows. Metrics carry the
 names TRL's users know: rewards/chosen = b (log pi(c) - log ref(c)), rewards/rejected, rewards/margins,
 rewards/accuracies (share of pairs whose chosen reward is higher), logps/chosen, logps/rejected.
+`dpo.epochs` gives the run's length as passes over the pairs instead of `trainer.max_steps`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from arlm.config import DPOConfig, TokenDataConfig
 from arlm.data.shards import expand, raw_samples
 from arlm.errors import ConfigError, UserError
+from arlm.log import log
 from arlm.transformer.data import Batches, TokenInfo, pad_text
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sequence import VISUAL_R, LayoutError, Vocab
@@ -65,6 +68,17 @@ def check_config(cfg: DPOConfig) -> None:
         raise ConfigError(f"dpo.label_smoothing must lie in [0, 0.5), got {cfg.label_smoothing}")
     if cfg.reference not in ("shards", "live"):
         raise ConfigError(f"dpo.reference must be shards or live, got {cfg.reference!r}")
+    if cfg.epochs < 0:
+        raise ConfigError(f"dpo.epochs must be 0 (use trainer.max_steps) or positive, got {cfg.epochs}")
+
+
+def schedule_steps(cfg: DPOConfig, max_steps: int, pairs: int, batch_size: int) -> int:
+    """The run's length: `dpo.epochs` passes over the pairs, rounded up to whole steps, else max_steps."""
+    if cfg.epochs <= 0:
+        return max_steps
+    steps = math.ceil(cfg.epochs * pairs / batch_size)
+    log.info("dpo.epochs=%g: %d steps of %d pairs over %d pairs", cfg.epochs, steps, batch_size, pairs)
+    return steps
 
 
 class Preference:

@@ -97,7 +97,9 @@ def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transfo
         reference = Transformer(cfg.model, vocab.padded_size)
         checkpoint.load_into(reference, checkpoint.load_weights(start, "model"), start)
         reference = reference.to(device).eval().requires_grad_(False)
-    return dpo.PrefBatches(cfg.data, *args), dpo.Preference(cfg.dpo, reference)
+    batches = dpo.PrefBatches(cfg.data, *args)
+    cfg.trainer.max_steps = dpo.schedule_steps(cfg.dpo, cfg.trainer.max_steps, batches.n, cfg.data.batch_size)
+    return batches, dpo.Preference(cfg.dpo, reference)
 
 
 def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
