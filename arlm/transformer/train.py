@@ -79,7 +79,8 @@ def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab
 def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
                  precision: str, rank: int, world: int):
     """(batches, objective) of the stage: token batches and next-token loss, preference pairs and DPO, or
-    groups sampled online and their rewards."""
+    groups sampled online and their rewards. For DPO with `dpo.epochs` it also sets `trainer.max_steps` from
+    the pair count, which only the loaded pairs know."""
     args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
     if cfg.stage == "grpo":
         from arlm.transformer import grpo
