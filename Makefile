@@ -92,6 +92,24 @@ $(RUNS)/tok-gen/done: $(DEMO)/synth.done
 		> $(DEMO)/tokenizer.json
 	touch $@
 
+# a larger decoder trained alone on the tokenizer's frozen codes (train-default: DEC_ARGS): the same tokens, drawn
+# more exactly. The transformer stages never see it; the last model is exported with it (`arimg export
+# --tokenizer`) and that export is evaluated once more (eval-final). Empty DEC_ARGS (the demo): no such stage
+DEC_ARGS ?=
+$(RUNS)/tok-dec/done: $(RUNS)/tok-gen/done
+	$(TIMED) decoder $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_dec init_from=$(RUNS)/tok-gen \
+		decoder_only=true run_dir=$(RUNS)/tok-dec data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-dec) $(TRAIN_ARGS) \
+		$(TOK_ARGS) $(DEC_ARGS) > /dev/null
+	$(TIMED) decoder $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-dec --no-jpeg --limit 500 \
+		> $(DEMO)/decoder.json
+	touch $@
+
+$(DEMO)/eval-final.json: $(RUNS)/$(LAST)/done $(RUNS)/tok-dec/done
+	$(TIMED) export $(ARIMG) export --ckpt $(RUNS)/$(LAST) --tokenizer $(RUNS)/tok-dec --out $(RUNS)/final \
+		--overwrite > /dev/null
+	$(TIMED) eval-final $(ARIMG) eval generator --ckpt $(RUNS)/final $(DEMO_EVAL) out=$(DEMO)/eval-final > $@.tmp
+	mv $@.tmp $@
+
 $(SYNTH)-tok/done: $(RUNS)/tok-gen/done
 	$(TIMED) pretokenize $(ARIMG) pretokenize $(SYNTH) --tokenizer $(RUNS)/tok-gen --out $(SYNTH)-tok --overwrite > /dev/null
 	touch $@
@@ -141,7 +159,8 @@ $(DEMO)/samples/done: $(RUNS)/$(LAST)/done
 	touch $@
 
 $(DEMO)/summary.md: $(DEMO)/eval-pretrain.json $(foreach s,$(MORE),$(DEMO)/eval-$(s).json) $(DEMO)/eval-sft.json \
-		$(DEMO)/eval-dpo.json $(if $(DEMO_PREFS2),$(DEMO)/eval-dpo2.json) $(DEMO)/samples/done
+		$(DEMO)/eval-dpo.json $(if $(DEMO_PREFS2),$(DEMO)/eval-dpo2.json) $(if $(DEC_ARGS),$(DEMO)/eval-final.json) \
+		$(DEMO)/samples/done
 	$(PY) scripts/demo_summary.py $(DEMO) $(RUNS) > $@.tmp
 	mv $@.tmp $@
 
@@ -176,7 +195,7 @@ train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
 	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
-		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2
+		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2 $(RUNS)/tok-dec $(RUNS)/final
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

@@ -99,6 +99,10 @@ class TokenizerConfig:
     channels: int = 64
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
     num_res_blocks: int = 1  # per level
+    # the decoder's own width and depth (None: those of the encoder). A decoder trained alone on the frozen codes
+    # of a tokenizer (train-tokenizer decoder_only=true) may be larger than its encoder: the tokens stay the same
+    decoder_channels: Optional[int] = None
+    decoder_res_blocks: Optional[int] = None
     norm: str = "group"  # group | none
     mid_attn: bool = False  # self-attention at the lowest resolution
     stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size
@@ -171,6 +175,9 @@ class TrainTokenizerConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run_dir: str = "runs/tokenizer"
     init_from: Optional[str] = None  # run or checkpoint dir whose weights start this run (same architecture)
+    # train the decoder alone, on the frozen encoder and codebook of init_from (Muse's decoder fine-tune): the
+    # tokens of every image stay those of init_from, so token shards and transformers made with it keep working
+    decoder_only: bool = False
     resume: bool = False  # continue the run in run_dir from its latest checkpoint
     overwrite: bool = False  # start afresh in a run_dir that already holds checkpoints
 

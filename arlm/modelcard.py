@@ -96,6 +96,8 @@ def _stage(ckpt: Path) -> dict:
         out["init_from"] = cfg.get("init_from")
     else:
         out["tokenizer"] = cfg.get("tokenizer")
+        out["init_from"] = cfg.get("init_from")
+        out["decoder_only"] = cfg.get("decoder_only", False)
     return out
 
 
@@ -146,10 +148,24 @@ def _folded(ckpt: Path) -> dict:
     return weights
 
 
-def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: str = "", overwrite: bool = False) -> Path:
+def same_codes(tok: Path, other: Path) -> None:
+    """UserError unless tokenizer checkpoint `other` turns images into the tokens `tok` does and decodes the same
+    ids: the same encoder and codebook (a decoder trained alone on `tok`'s codes, decoder_only=true)."""
+    mine, theirs = _folded(tok), _folded(other)
+    keys = {k for k in mine if not k.startswith("decoder.")}
+    if keys != {k for k in theirs if not k.startswith("decoder.")} or not all(
+            mine[k].shape == theirs[k].shape and bool((mine[k] == theirs[k]).all()) for k in keys):
+        raise UserError(f"tokenizer {other} does not give the tokens of {tok}, which the transformer was trained on: "
+                        f"its encoder or codebook differs (train one with decoder_only=true init_from={tok})")
+
+
+def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: str = "", overwrite: bool = False,
+           tokenizer: str | None = None) -> Path:
     """Pack transformer run or checkpoint `path` and its tokenizer into `out` (see the module docstring),
     with a model card holding its lineage and the JSON reports in `evals` (e.g. `arimg eval generator`'s).
-    Written into a temporary folder and renamed into place: a kill leaves `out` as it was."""
+    `tokenizer`: pack this tokenizer instead, one with the same encoder and codebook (a decoder trained alone
+    on the transformer's tokens). Written into a temporary folder and renamed into place: a kill leaves `out`
+    as it was."""
     from dataclasses import replace
 
     from safetensors.torch import save_file
@@ -159,6 +175,10 @@ def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: s
     ckpt = checkpoint.resolve(path, KIND)
     vocab = read_vocab(ckpt)
     tok = checkpoint.resolve(vocab.tokenizer, "tokenizer")
+    if tokenizer is not None:
+        other = checkpoint.resolve(tokenizer, "tokenizer")
+        same_codes(tok, other)
+        tok = other
     dest = Path(out)
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise UserError(f"{dest} is not empty: pass --overwrite to replace it")
@@ -181,9 +201,13 @@ def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: s
             (where / "config.yaml").write_text(checkpoint.load_config_yaml(src))
             for fname, text in extra.items():
                 (where / fname).write_text(text)
+        # an exported model exported again (with another decoder, say) keeps the lineage its card recorded:
+        # the runs behind it are not there any more
+        before = _read_json(ckpt / CARD_FILE) if (ckpt / CARD_FILE).is_file() else {}
         card = {"name": name or dest.name, "exported": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "from": str(ckpt), "parameters": _parameters(tmp), "tokenizer_parameters": _parameters(tmp / TOKENIZER_DIR),
-                "stages": lineage(ckpt), "image_tokenizer": _stage(tok), "evals": figures}
+                "from": before.get("from", str(ckpt)), "parameters": _parameters(tmp),
+                "tokenizer_parameters": _parameters(tmp / TOKENIZER_DIR),
+                "stages": before.get("stages") or lineage(ckpt), "image_tokenizer": _stage(tok), "evals": figures}
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
         if dest.exists():
             old = dest.parent / f".tmp-old-{dest.name}-{os.getpid()}"

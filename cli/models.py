@@ -28,10 +28,13 @@ def export_cmd(
                                                                    "(arimg eval generator's stdout); repeatable."),
     name: str = typer.Option("", "--name", help="The model's name in its card (default: the folder's name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Pack this image tokenizer instead of "
+                                            "the transformer's own: one with the same encoder and codebook, such as "
+                                            "a decoder trained alone on its tokens (train-tokenizer decoder_only=true)."),
 ) -> None:
     """Pack a transformer and its image tokenizer into one folder that samples anywhere: weights (EMA folded
     in, no optimizer state), config, vocabulary and a model card (card.json: stages, data, eval figures).
     Prints the folder."""
     from arlm.modelcard import export
 
-    emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite))
+    emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite, tokenizer))

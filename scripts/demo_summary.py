@@ -13,9 +13,10 @@ from collections import defaultdict
 from pathlib import Path
 
 # the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of make
-# train-default; dpo2: its second preference round); the optional ones are listed only where they ran
-STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2")
-OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2"}
+# train-default; dpo2: its second preference round; final: the last model exported with the decoder trained
+# alone, DEC_ARGS); the optional ones are listed only where they ran
+STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2", "final")
+OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2", "final"}
 KINDS = ("single", "count", "relation", "text")
 
 
@@ -63,12 +64,13 @@ def summary(demo: Path, runs: Path) -> str:
         lines += [f"| {stage} | {_mmss(sec)} |" for stage, sec in wall.items()]
         lines += [f"| **total** (install excluded) | **{_mmss(sum(wall.values()))}** |", ""]
     judge = _json(demo / "judge.json")
-    tok = _json(demo / "tokenizer.json")
     if judge:
         lines.append(f"- the judge on {judge.get('n')} held-out synthetic images: {_pct(judge.get('accuracy'))} accepted")
-    if tok:
-        lines.append(f"- the tokenizer: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out images, "
-                     f"the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its reconstructions")
+    for name, label in (("tokenizer", "the tokenizer"), ("decoder", "the tokenizer with the decoder trained alone")):
+        tok = _json(demo / f"{name}.json")
+        if tok:
+            lines.append(f"- {label}: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out "
+                         f"images, the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its reconstructions")
     for name, label in (("prefs", "make-prefs"), ("prefs2", "make-prefs, second round")):
         prefs = _json(demo / f"{name}.json")
         if prefs:
@@ -87,9 +89,11 @@ def summary(demo: Path, runs: Path) -> str:
                      f"{_pct((report.get('diversity') or {}).get('distinct_grids'))} |")
     lines += ["", "Pictures:",
               f"- the synthetic set: {demo}/contact-sheet.png",
-              f"- tokenizer reconstructions: {runs}/tok-gen/images/",
+              f"- tokenizer reconstructions: {runs}/tok-gen/images/"
+              + (f", {runs}/tok-dec/images/ (the decoder trained alone)" if (runs / "tok-dec").is_dir() else ""),
               "- training sample grids and loss plots: "
-              + ", ".join(f"{runs}/{s}/images/" for s in STAGES if (runs / s).is_dir() or s not in OPTIONAL),
+              + ", ".join(f"{runs}/{s}/images/" for s in STAGES
+                          if s != "final" and ((runs / s).is_dir() or s not in OPTIONAL)),
               f"- preference pairs (chosen | rejected): {demo}/prefs/pairs.png"
               + (f", {demo}/prefs2/pairs.png" if (demo / "prefs2").is_dir() else ""),
               f"- judged samples per kind and stage: {demo}/eval-<stage>/sheet-<kind>.png",

@@ -149,3 +149,31 @@ def test_a_second_preference_round_starts_from_the_dpo_run(tmp_path):
     code, log = _make(plain)
     assert code == 0 and not any("dpo2" in ln or "prefs2" in ln for ln in log)
     assert f"--ckpt {plain}/runs/dpo " in [ln for ln in log if ln.startswith("sample ")][0]
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_a_decoder_trained_alone_draws_the_last_model(tmp_path):
+    """DEC_ARGS (train-default): a decoder stage runs init_from the tokenizer with decoder_only=true, the last model
+    is exported with it into runs/final and that export is evaluated; the transformer stages never use it, and
+    without DEC_ARGS (the demo) no such stage runs."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "DEC_ARGS=trainer.max_steps=11")
+    assert code == 0, log
+    runs, demo = tmp_path / "runs", tmp_path / "demo"
+    dec = [ln for ln in log if ln.startswith("train-tokenizer ") and f"run_dir={runs}/tok-dec" in ln]
+    assert len(dec) == 1 and f"init_from={runs}/tok-gen " in dec[0] and "decoder_only=true" in dec[0]
+    assert dec[0].endswith("trainer.max_steps=11")  # after the tokenizer's own overrides: DEC_ARGS decide
+    export = [ln for ln in log if ln.startswith("export ")]
+    assert len(export) == 1 and f"--ckpt {runs}/dpo --tokenizer {runs}/tok-dec --out {runs}/final" in export[0]
+    final = [ln for ln in log if ln.startswith("eval generator") and f"--ckpt {runs}/final " in ln + " "]
+    assert len(final) == 1 and log.index(export[0]) < log.index(final[0]) and f"out={demo}/eval-final" in final[0]
+    assert not any(f"{runs}/tok-dec" in ln for ln in log if ln.split()[0] in ("pretokenize", "pretrain", "sft",
+                                                                               "make-prefs", "dpo"))
+    for line in log:
+        check_parses(shlex.split(line))
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _fake_install(plain)
+    code, log = _make(plain)
+    assert code == 0 and not any("tok-dec" in ln or "final" in ln for ln in log)

@@ -71,6 +71,34 @@ def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_pa
     assert code == 1 and "missing.json" in err and not (tmp_path / "y").exists()
 
 
+def test_export_with_a_decoder_trained_alone(run_cli, synth_dir, tiny_run, tiny_lm, tmp_path):
+    from arlm import checkpoint
+    from arlm.tokenizer.train import train
+    from conftest import tiny_cfg
+
+    dec = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "tokenizer.decoder_channels=24",
+                         "trainer.max_steps=2", name="dec"))
+    code, out, err = run_cli("export", "--ckpt", tiny_lm, "--out", tmp_path / "m", "--tokenizer", dec)
+    assert code == 0, err
+    packed = checkpoint.load_weights(tmp_path / "m" / "tokenizer")
+    assert {k: v.shape for k, v in packed.items()} == {k: v.shape for k, v in checkpoint.load_weights(checkpoint.latest(dec)).items()}
+    code, out, err = run_cli("info", tmp_path / "m")
+    assert code == 0, err
+    tok = json.loads(out)["card"]["image_tokenizer"]
+    assert tok["decoder_only"] is True and tok["tokenizer"]["decoder_channels"] == 24 and tok["init_from"] == str(tiny_run)
+    code, images, err = _sample(run_cli, tmp_path / "m", tmp_path / "s")
+    assert code == 0 and len(images) == 4, err
+    # an exported model exported again keeps the lineage its card recorded
+    code, _, err = run_cli("export", "--ckpt", tmp_path / "m", "--out", tmp_path / "m2", "--tokenizer", tmp_path / "m" / "tokenizer")
+    assert code == 0, err
+    first, again = (json.loads((tmp_path / m / "card.json").read_text()) for m in ("m", "m2"))
+    assert again["stages"] == first["stages"] and again["from"] == first["from"] == str(checkpoint.latest(tiny_lm))
+    # a tokenizer with other codes would draw other pictures from the same tokens: refused, nothing written
+    other = train(tiny_cfg(tmp_path, synth_dir, "trainer.max_steps=2", "trainer.seed=1", name="other"))
+    code, _, err = run_cli("export", "--ckpt", tiny_lm, "--out", tmp_path / "n", "--tokenizer", other)
+    assert code == 1 and "does not give the tokens" in err and not (tmp_path / "n").exists()
+
+
 def test_the_default_model_missing_damaged_and_used(run_cli, exported, tmp_path, monkeypatch):
     package = tmp_path / "package"
     package.mkdir()

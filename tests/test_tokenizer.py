@@ -13,6 +13,7 @@ from PIL import Image
 
 from arlm import checkpoint
 from arlm.config import TokenizerConfig, compose, to_object
+from arlm.errors import ConfigError
 from arlm.data.shards import SkipCounter, read_shards, raw_samples, expand
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer, to_unit
@@ -161,6 +162,38 @@ def test_vqgan_stage_starts_from_the_vqvae_run(tmp_path, synth_dir, tiny_run):
     bad = tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "tokenizer.channels=8", name="bad")
     with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
         train(bad)
+
+
+def test_decoder_only_keeps_the_tokens_and_trains_a_larger_decoder(tmp_path, synth_dir, tiny_run):
+    base = to_object(compose("train_tokenizer", TINY)).tokenizer
+    wide = base.channels * 2
+    cfg = tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", f"tokenizer.decoder_channels={wide}",
+                   "tokenizer.decoder_res_blocks=2", "trainer.max_steps=3", name="dec")
+    run = train(cfg)
+    src = checkpoint.load_weights(checkpoint.latest(tiny_run))
+    got = checkpoint.load_weights(checkpoint.latest(run))
+    frozen = [k for k in src if not k.startswith("decoder.")]
+    assert frozen and all(torch.equal(src[k], got[k]) for k in frozen)  # encoder, codebook and its buffers
+    assert got["decoder.inp.weight"].shape[0] == 2 * src["decoder.inp.weight"].shape[0]
+    old, new = load_tokenizer(tiny_run, "cpu"), load_tokenizer(run, "cpu")
+    images = torch.stack([torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1)
+                          for s, _ in zip(read_shards(str(synth_dir)), range(4))])
+    codes = old.encode(images)
+    assert torch.equal(new.encode(images), codes)  # a transformer of the old tokenizer's tokens fits the new one
+    assert new.decode(codes).shape == images.shape
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["rec"]) for r in rows)
+    # the same shape goes on from the decoder it finds
+    same = tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "trainer.max_steps=1",
+                    "trainer.lr=0", name="same")
+    kept = checkpoint.load_weights(checkpoint.latest(train(same)))
+    assert all(torch.equal(src[k], kept[k]) for k in src)
+    # without a tokenizer to keep, or with an encoder built otherwise: one line each
+    with pytest.raises(ConfigError, match="init_from"):
+        train(tiny_cfg(tmp_path, synth_dir, "decoder_only=true", name="none"))
+    with pytest.raises(ConfigError, match="tokenizer.codebook_size"):
+        train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true",
+                       f"tokenizer.codebook_size={base.codebook_size * 2}", name="other"))
 
 
 def test_tokenize_detokenize_round_trip(run_cli, tmp_path, synth_dir, tiny_run, monkeypatch):

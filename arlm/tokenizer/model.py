@@ -100,13 +100,13 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        chs = [cfg.channels * m for m in cfg.channel_mult][::-1]
+        chs = [(cfg.decoder_channels or cfg.channels) * m for m in cfg.channel_mult][::-1]
         ch = chs[0]
         self.inp = nn.Conv2d(cfg.code_dim, ch, 3, padding=1)
         self.mid = _mid(ch, cfg)
         layers: list[nn.Module] = []
         for i, ch_out in enumerate(chs):
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(cfg.decoder_res_blocks or cfg.num_res_blocks):
                 layers.append(ResBlock(ch, ch_out, cfg.norm))
                 ch = ch_out
             if i < len(chs) - 1 - int(cfg.stem_patch):
@@ -140,6 +140,9 @@ def check_config(cfg: TokenizerConfig) -> None:
     if cfg.quantizer == "fsq" and len(cfg.fsq_levels) != cfg.code_dim:
         raise ConfigError(f"tokenizer.code_dim ({cfg.code_dim}) must equal len(tokenizer.fsq_levels) "
                           f"({len(cfg.fsq_levels)}) for fsq")
+    for key in ("decoder_channels", "decoder_res_blocks"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"tokenizer.{key} must be at least 1 (or null: the encoder's), got {getattr(cfg, key)}")
     if cfg.norm not in ("group", "none"):
         raise ConfigError(f"tokenizer.norm must be group or none, got {cfg.norm!r}")
 

@@ -6,6 +6,12 @@ with hinge loss, from `loss.disc_start` on; the generator's adversarial term is 
 transformers' adaptive weight (eq. 7 of Esser et al., 2021) so it never drowns the reconstruction, and the
 discriminator can be held back by LeCAM (Tseng et al., 2021).
 
+Decoder stage (`init_from=RUN decoder_only=true`): the encoder and codebook of RUN are loaded and frozen (the
+quantizer stays in eval mode, so no code moves), and only the decoder trains, with the same losses; it may be
+wider and deeper than the encoder (`tokenizer.decoder_channels`, `tokenizer.decoder_res_blocks`). Every image
+keeps RUN's tokens, so token shards and transformers made with RUN draw with the new decoder as they are
+(`arimg export --tokenizer`). Muse (Chang et al., 2023) fine-tuned a larger decoder on frozen VQGAN tokens so.
+
 Codebook usage and perplexity are measured over a rolling window of the latest 65,536 tokens (LlamaGen's
 protocol). The run directory gets metrics.jsonl, reconstruction grids (inputs above outputs) and a loss
 plot every `trainer.image_every` steps, and checkpoints (arlm.checkpoint) every `trainer.ckpt_every`.
@@ -32,7 +38,7 @@ import torch
 from PIL import Image
 
 from arlm import checkpoint, parallel
-from arlm.config import TrainTokenizerConfig, to_yaml
+from arlm.config import TokenizerConfig, TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
 from arlm.errors import ConfigError, UserError
 from arlm.log import log, progress
@@ -78,9 +84,17 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     if init is not None and run.resolve() in init.resolve().parents:
         raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
     resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)
-    if init is not None:
+    if cfg.decoder_only and init is None and resume_from is None:
+        raise ConfigError("decoder_only=true trains a decoder on the frozen encoder and codebook of a tokenizer: "
+                          "give that tokenizer as init_from=RUN")
+    if init is not None and cfg.decoder_only:
+        load_frozen(model, init)
+    elif init is not None:
         checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
         log.info("weights from %s", init)
+    if cfg.decoder_only:  # the encoder and the quantizer (codebook, k-means, restarts) never change
+        for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
+            p.requires_grad_(False)
     # this rank's part of every global batch; checks the shards and that the processes divide the batch
     loader = ShardLoader(cfg.data, repeat=True, drop_last=True, split=True)
     parallel.barrier()  # every process has checked its inputs
@@ -92,7 +106,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
         (run / "config.yaml").write_text(yaml)
         (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world}, indent=1))
     # fused: one kernel for all parameters (measured 5.9x faster than the per-tensor loop on the CPU preset)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
                             fused=True)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     gan = lc.disc_weight > 0
@@ -153,7 +167,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     grid_data = dataclasses.replace(cfg.data, crop_size=None, batch_size=GRID_IMAGES, shuffle_buffer=0, num_workers=0)
     fixed = next(iter(ShardLoader(grid_data, repeat=False, rank=0, world_size=1)))["image"] if rank == 0 else None
     last_layer = model.decoder.out[-2 if cfg.tokenizer.stem_patch else -1].weight
-    model.train()
+    train_mode(model, cfg.decoder_only)
     parallel.barrier()  # rank 0 has written the run's first files
     t0, seen = time.perf_counter(), 0
     with progress() if rank == 0 else contextlib.nullcontext() as bar:
@@ -170,7 +184,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
             if perceptual is not None:
                 rec = rec + lc.perceptual * perceptual(recon, x).mean()
-            loss = rec + lc.codebook * sum(qlosses.values(), torch.zeros((), device=device))
+            loss = rec if cfg.decoder_only else rec + lc.codebook * sum(qlosses.values(), torch.zeros((), device=device))
             logs = {"rec": rec}
             adversarial = gan and step >= lc.disc_start
             if adversarial:
@@ -221,12 +235,44 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
                                                           f"usage {row['usage']:.0%}  {row['img_s']:.0f} img/s")
             if rank == 0 and (step % tc.image_every == 0 or step == tc.max_steps):
                 write_pictures(run, step, model, fixed, metrics, device, precision)
+                train_mode(model, cfg.decoder_only)
             if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 save()
     if metrics:
         metrics.close()
     loader.skips.log_summary()
     return run
+
+
+def train_mode(model: Tokenizer, decoder_only: bool) -> None:
+    """Training mode, except for a frozen encoder and quantizer (decoder_only): a quantizer in training mode
+    would move its codes (k-means start, dead-code restarts)."""
+    model.train()
+    if decoder_only:
+        model.encoder.eval()
+        model.quantizer.eval()
+
+
+def load_frozen(model: Tokenizer, init: Path) -> None:
+    """decoder_only: the encoder and quantizer of checkpoint `init`, which must be built as this model's are
+    (every tokenizer key but the decoder's width and depth and the loss); its decoder too when the shapes
+    match (training goes on from it), else the decoder starts afresh."""
+    theirs = checkpoint.load_config(init, TrainTokenizerConfig).tokenizer
+    mine = model.cfg
+    for f in dataclasses.fields(TokenizerConfig):
+        if f.name not in ("decoder_channels", "decoder_res_blocks", "loss") and getattr(theirs, f.name) != getattr(mine, f.name):
+            raise ConfigError(f"decoder_only=true keeps the encoder and codebook of {init}: tokenizer.{f.name} must "
+                              f"be {getattr(theirs, f.name)!r} as there, got {getattr(mine, f.name)!r}")
+    weights = checkpoint.load_weights(init, "model")
+    decoder = {k: v for k, v in weights.items() if k.startswith("decoder.")}
+    own = model.decoder.state_dict()
+    same = decoder.keys() == {f"decoder.{k}" for k in own} and all(v.shape == own[k.removeprefix("decoder.")].shape
+                                                                   for k, v in decoder.items())
+    if not same:
+        weights = {**{k: v for k, v in weights.items() if k not in decoder},
+                   **{f"decoder.{k}": v for k, v in own.items()}}
+    checkpoint.load_into(model, weights, init)
+    log.info("encoder and codebook from %s (frozen); decoder %s", init, "from it" if same else "new")
 
 
 @torch.no_grad()
