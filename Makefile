@@ -174,9 +174,10 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # at a third of the peak lr and with a new data order), a preference round on many different accepted samples
 # (32 per training prompt, 300 prompts per kind, the judge's yes/no, every accepted sample the chosen side of
 # one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), a second round the same way
-# from that DPO run's own samples (sampling seed 1: 5,912 pairs, 739 steps), the full evaluation, then
-# `arimg export` and the README's picture. About 300 minutes on 2 cores; interrupted, it continues where it
-# stopped (the stages resume exactly) when run again.
+# from that DPO run's own samples (sampling seed 1: 5,912 pairs, 739 steps), a larger decoder trained alone on
+# the tokenizer's frozen codes (9,000 steps), the full evaluation of every stage and of the last model with that
+# decoder, then `arimg export` and the README's picture. About 330 minutes on 2 cores; interrupted, it continues
+# where it stopped (the stages resume exactly) when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
 	PRETRAIN_MORE_ARGS="trainer.max_steps=15000 trainer.lr=1e-3 data.seed=1" \
@@ -184,13 +185,14 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_PREFS="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64" \
 	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" \
 	DEMO_PREFS2="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64 seed=1" \
-	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'"
+	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'" \
+	DEC_ARGS=trainer.max_steps=9000
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 300 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 330 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
-	$(ARIMG) export --ckpt runs/default/dpo2 --out arlm/default/model --name arimg-default --overwrite \
-		--eval data/default/eval-dpo2.json
-	$(PY) scripts/model_sheet.py data/default/eval-dpo2 docs/default-model.png --per-kind 8
+	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-dec --out arlm/default/model \
+		--name arimg-default --overwrite --eval data/default/eval-final.json
+	$(PY) scripts/model_sheet.py data/default/eval-final docs/default-model.png --per-kind 8
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)

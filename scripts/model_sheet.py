@@ -2,7 +2,7 @@
 at the first sampling seed, in the order they were drawn (never picked), framed green where the judge
 accepts them and red where not. The README's first picture is this sheet of the bundled model.
 
-    python scripts/model_sheet.py data/default/eval-dpo2 docs/default-model.png --per-kind 8
+    python scripts/model_sheet.py data/default/eval-final docs/default-model.png --per-kind 8
 """
 
 from __future__ import annotations

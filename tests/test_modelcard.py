@@ -3,6 +3,7 @@ anywhere it is copied; `arimg info` says what a model is; a missing or damaged b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -119,7 +120,8 @@ def test_the_default_model_missing_damaged_and_used(run_cli, exported, tmp_path,
 
 def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path):
     """The weights in arlm/default/model are what `make train-default` describes: the `small` model on the
-    `gen` tokenizer's codes with the pretrain preset's word pieces."""
+    `gen` tokenizer's codes with the pretrain preset's word pieces, drawn by the larger decoder of `gen_dec`
+    trained alone on those codes."""
     from arlm import checkpoint
     from arlm.config import TrainTokenizerConfig, TrainTransformerConfig, compose, to_object
 
@@ -131,7 +133,9 @@ def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path)
     shipped = checkpoint.load_config(path, TrainTransformerConfig)
     assert shipped.model == recipe.model
     tok = checkpoint.load_config(path / "tokenizer", TrainTokenizerConfig)
-    assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer
+    assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen_dec"])).tokenizer
+    assert tok.decoder_only and dataclasses.replace(tok.tokenizer, decoder_channels=None, decoder_res_blocks=None) \
+        == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer  # the encoder and codebook are gen's
     model, vocab, _ = load_model(path, "cpu")  # strict: every shape as the config says
     assert vocab.codebook_size == tok.tokenizer.codebook_size and 0 < len(vocab.words) <= recipe.data.words
     code, images, err = _sample(run_cli, None, tmp_path / "s")
