@@ -86,6 +86,9 @@ class TokenizerLossConfig:
     disc_layers: int = 3
     adaptive: bool = True  # taming's weight: ||grad rec|| / ||grad gan|| at the decoder's last layer
     lecam: float = 0.0  # LeCAM regularisation of the discriminator (Tseng et al., 2021)
+    # decoder_only: this share of the tokens is replaced by random codes before decoding, the target staying the
+    # clean image, so that the decoder learns to paint over a stray token of the sampler
+    token_noise: float = 0.0
 
 
 @dataclass

@@ -81,6 +81,18 @@ def test_decoding_the_indices_gives_the_reconstruction(quantizer, extra):
     assert torch.equal(model.encode(x), indices)
 
 
+def test_token_noise_changes_what_the_decoder_sees_not_the_tokens(synth_dir):
+    torch.manual_seed(0)
+    model = Tokenizer(to_object(compose("train_tokenizer", TINY)).tokenizer).eval()
+    x = to_unit(torch.stack([torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1)
+                             for s, _ in zip(read_shards(str(synth_dir)), range(4))]))
+    with torch.no_grad():
+        clean, tokens, _ = model(x)
+        noisy, same, _ = model(x, token_noise=0.5)
+        assert torch.equal(tokens, same) and torch.equal(model.decode(tokens), clean)
+        assert not torch.allclose(noisy, clean)
+
+
 def test_bad_sizes_and_configs():
     from arlm.errors import ConfigError
 
@@ -188,6 +200,13 @@ def test_decoder_only_keeps_the_tokens_and_trains_a_larger_decoder(tmp_path, syn
                     "trainer.lr=0", name="same")
     kept = checkpoint.load_weights(checkpoint.latest(train(same)))
     assert all(torch.equal(src[k], kept[k]) for k in src)
+    # token noise: the decoder learns from corrupted tokens, the encoder and codebook stay as they were
+    noisy = checkpoint.load_weights(checkpoint.latest(train(tiny_cfg(
+        tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "tokenizer.loss.token_noise=0.3",
+        "trainer.max_steps=2", name="noisy"))))
+    assert all(torch.equal(src[k], noisy[k]) for k in frozen)
+    with pytest.raises(ConfigError, match="token_noise"):
+        train(tiny_cfg(tmp_path, synth_dir, "tokenizer.loss.token_noise=0.3", name="noise-all"))
     # without a tokenizer to keep, or with an encoder built otherwise: one line each
     with pytest.raises(ConfigError, match="init_from"):
         train(tiny_cfg(tmp_path, synth_dir, "decoder_only=true", name="none"))

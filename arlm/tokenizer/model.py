@@ -165,10 +165,16 @@ class Tokenizer(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the tokenizer's stride {self.stride}")
         return h // self.stride, w // self.stride
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses)."""
+    def forward(self, x: torch.Tensor, token_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses). `token_noise`:
+        that share of the tokens is replaced by random codes before decoding (no gradient reaches the encoder
+        through them: for a decoder trained alone)."""
         self.grid(*x.shape[-2:])
         quantized, indices, losses = self.quantizer(self.encoder(x))
+        if token_noise > 0:
+            swap = torch.rand(indices.shape, device=x.device) < token_noise
+            noisy = torch.where(swap, torch.randint_like(indices, self.codebook_size), indices)
+            quantized = torch.where(swap.unsqueeze(1), self.quantizer.decode(noisy).to(quantized.dtype), quantized)
         # one memory layout on both paths: a convolution may pick another kernel for another layout, and then
         # decode(indices) would differ from the reconstruction in the last bits
         return self.decoder(quantized.contiguous()), indices, losses

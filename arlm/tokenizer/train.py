@@ -76,6 +76,10 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     if world > 1 and tc.parallel != "ddp":
         raise ConfigError(f"train-tokenizer replicates its models on every process: trainer.parallel must be ddp, "
                           f"got {tc.parallel!r}")
+    if lc.token_noise and not cfg.decoder_only:
+        raise ConfigError("tokenizer.loss.token_noise is for a decoder trained alone: set decoder_only=true (and init_from)")
+    if not 0 <= lc.token_noise < 1:
+        raise ConfigError(f"tokenizer.loss.token_noise must lie in [0, 1), got {lc.token_noise}")
     precision = setup(tc)[1]  # and the same seeds in every process; the device is this process's own
     guard = NonFinite(tc)
     run = Path(cfg.run_dir)
@@ -178,7 +182,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
             x = to_unit(batch["image"].to(device))  # (B, 3, H, W) in [-1, 1]
             set_lr(opt, lr_at(step, tc))
             with autocast(device, precision):
-                recon, indices, qlosses = net(x)
+                recon, indices, qlosses = net(x, lc.token_noise)
             recon = recon.float()
             # losses in fp32
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
