@@ -179,6 +179,15 @@ def load_weights(ckpt: Path, name: str = "model", device: str | torch.device = "
         raise CheckpointError(f"corrupt checkpoint file {path}: {' '.join(str(e).split())[:200]}") from None
 
 
+def load_reader_weights(ckpt: Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The weights a reader uses: the EMA's entries (floating point only) over the model's when the run kept an
+    EMA and `ema` is true; the model's integer buffers always come from the model file."""
+    weights = load_weights(ckpt, "model")
+    if ema and (ckpt / "ema.safetensors").is_file():
+        weights.update(load_weights(ckpt, "ema"))
+    return weights
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
     path = ckpt / "state.pt"
     try:

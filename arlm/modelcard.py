@@ -140,18 +140,10 @@ def lineage(ckpt: Path) -> list[dict]:
     return stages[::-1]
 
 
-def _folded(ckpt: Path) -> dict:
-    """The weights a reader uses: the EMA's floating-point entries over the model's (integer buffers stay)."""
-    weights = checkpoint.load_weights(ckpt, "model")
-    if (ckpt / "ema.safetensors").is_file():
-        weights.update(checkpoint.load_weights(ckpt, "ema"))
-    return weights
-
-
 def same_codes(tok: Path, other: Path) -> None:
     """UserError unless tokenizer checkpoint `other` turns images into the tokens `tok` does and decodes the same
     ids: the same encoder and codebook (a decoder trained alone on `tok`'s codes, decoder_only=true)."""
-    mine, theirs = _folded(tok), _folded(other)
+    mine, theirs = checkpoint.load_reader_weights(tok), checkpoint.load_reader_weights(other)
     keys = {k for k in mine if not k.startswith("decoder.")}
     if keys != {k for k in theirs if not k.startswith("decoder.")} or not all(
             mine[k].shape == theirs[k].shape and bool((mine[k] == theirs[k]).all()) for k in keys):
@@ -194,7 +186,8 @@ def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: s
         for src, where, extra in ((ckpt, tmp, {VOCAB_FILE: replace(vocab, tokenizer=TOKENIZER_DIR).to_json()}),
                                   (tok, tmp / TOKENIZER_DIR, {})):
             where.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in _folded(src).items()}, str(where / "model.safetensors"))
+            weights = checkpoint.load_reader_weights(src)
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(where / "model.safetensors"))
             meta = checkpoint.read_meta(src)
             meta["weights"] = ["model"]
             (where / "checkpoint.json").write_text(json.dumps(meta, indent=1))

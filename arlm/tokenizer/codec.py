@@ -73,11 +73,7 @@ def load_tokenizer(path: str | Path, device: str = "auto", precision: str = "fp3
     cfg = checkpoint.load_config(ckpt, TrainTokenizerConfig)
     dev = resolve_device(device)
     model = Tokenizer(cfg.tokenizer)
-    use_ema = ema and (ckpt / "ema.safetensors").is_file()
-    weights = checkpoint.load_weights(ckpt, "ema" if use_ema else "model")
-    if use_ema:  # the EMA holds floating-point entries only; integer buffers come from the model file
-        weights = {**checkpoint.load_weights(ckpt, "model"), **weights}
-    checkpoint.load_into(model, weights, ckpt)
+    checkpoint.load_into(model, checkpoint.load_reader_weights(ckpt, ema), ckpt)
     model.to(dev).eval()
     return Loaded(model, ckpt, dev, resolve_precision(precision, dev))
 

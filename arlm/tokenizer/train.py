@@ -267,7 +267,7 @@ def load_frozen(model: Tokenizer, init: Path) -> None:
         if f.name not in ("decoder_channels", "decoder_res_blocks", "loss") and getattr(theirs, f.name) != getattr(mine, f.name):
             raise ConfigError(f"decoder_only=true keeps the encoder and codebook of {init}: tokenizer.{f.name} must "
                               f"be {getattr(theirs, f.name)!r} as there, got {getattr(mine, f.name)!r}")
-    weights = checkpoint.load_weights(init, "model")
+    weights = checkpoint.load_reader_weights(init)  # the weights that made the tokens (the EMA's, if kept)
     decoder = {k: v for k, v in weights.items() if k.startswith("decoder.")}
     own = model.decoder.state_dict()
     same = decoder.keys() == {f"decoder.{k}" for k in own} and all(v.shape == own[k.removeprefix("decoder.")].shape

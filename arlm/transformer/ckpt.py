@@ -41,8 +41,5 @@ def load_model(path, device: str = "auto", ema: bool = True):
     cfg = checkpoint.load_config(ckpt, TrainTransformerConfig)
     vocab = read_vocab(ckpt)
     model = Transformer(cfg.model, vocab.padded_size)
-    weights = checkpoint.load_weights(ckpt, "model")
-    if ema and (ckpt / "ema.safetensors").is_file():
-        weights = {**weights, **checkpoint.load_weights(ckpt, "ema")}
-    checkpoint.load_into(model, weights, ckpt)
+    checkpoint.load_into(model, checkpoint.load_reader_weights(ckpt, ema), ckpt)
     return model.to(resolve_device(device)).eval(), vocab, cfg
