@@ -53,6 +53,16 @@ def _fake_install(tmp: Path) -> None:
     fake.chmod(0o755)
 
 
+def _plain(tmp: Path) -> list[str]:
+    """The log of a `make demo` with none of train-default's variables, in its own folder under `tmp`."""
+    plain = tmp / "plain"
+    plain.mkdir()
+    _fake_install(plain)
+    code, log = _make(plain)
+    assert code == 0, log
+    return log
+
+
 @pytest.mark.skipif(NO_MAKE, reason="no make")
 def test_make_demo_resumes_where_it_stopped(tmp_path):
     _fake_install(tmp_path)
@@ -143,12 +153,9 @@ def test_a_second_preference_round_starts_from_the_dpo_run(tmp_path):
     for line in log:
         check_parses(shlex.split(line))
 
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    _fake_install(plain)
-    code, log = _make(plain)
-    assert code == 0 and not any("dpo2" in ln or "prefs2" in ln for ln in log)
-    assert f"--ckpt {plain}/runs/dpo " in [ln for ln in log if ln.startswith("sample ")][0]
+    log = _plain(tmp_path)
+    assert not any("dpo2" in ln or "prefs2" in ln for ln in log)
+    assert f"--ckpt {tmp_path}/plain/runs/dpo " in [ln for ln in log if ln.startswith("sample ")][0]
 
 
 @pytest.mark.skipif(NO_MAKE, reason="no make")
@@ -172,8 +179,4 @@ def test_a_decoder_trained_alone_draws_the_last_model(tmp_path):
     for line in log:
         check_parses(shlex.split(line))
 
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    _fake_install(plain)
-    code, log = _make(plain)
-    assert code == 0 and not any("tok-dec" in ln or "final" in ln for ln in log)
+    assert not any("tok-dec" in ln or "final" in ln for ln in _plain(tmp_path))
