@@ -57,8 +57,8 @@ def planted(stage: str, how: str):
 
         forward = Tokenizer.forward
 
-        def poisoned_forward(self, x):
-            recon, indices, losses = forward(self, x)
+        def poisoned_forward(self, x, *args, **kwargs):
+            recon, indices, losses = forward(self, x, *args, **kwargs)
             return (poison(recon, how) if self.training and bad_now() else recon), indices, losses
 
         with mock.patch.object(Tokenizer, "forward", poisoned_forward):
