@@ -70,7 +70,8 @@ def summary(demo: Path, runs: Path) -> str:
         tok = _json(demo / f"{name}.json")
         if tok:
             lines.append(f"- {label}: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out "
-                         f"images, the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its reconstructions")
+                         f"images, the judge accepts {_pct((tok.get('judge') or {}).get('accuracy'))} of its "
+                         "reconstructions")
     for name, label in (("prefs", "make-prefs"), ("prefs2", "make-prefs, second round")):
         prefs = _json(demo / f"{name}.json")
         if prefs:

@@ -165,7 +165,8 @@ class Tokenizer(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the tokenizer's stride {self.stride}")
         return h // self.stride, w // self.stride
 
-    def forward(self, x: torch.Tensor, token_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor,
+                token_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses). `token_noise`:
         that share of the tokens is replaced by random codes before decoding (no gradient reaches the encoder
         through them: for a decoder trained alone)."""
