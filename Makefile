@@ -104,8 +104,22 @@ $(RUNS)/tok-dec/done: $(RUNS)/tok-gen/done
 		> $(DEMO)/decoder.json
 	touch $@
 
-$(DEMO)/eval-final.json: $(RUNS)/$(LAST)/done $(RUNS)/tok-dec/done
-	$(TIMED) export $(ARIMG) export --ckpt $(RUNS)/$(LAST) --tokenizer $(RUNS)/tok-dec --out $(RUNS)/final \
+# RobusTok's post-training of that decoder (train-default: POST_ARGS, with DEC_ARGS): half of each batch's whole
+# images are decoded from the codes the last model draws for them teacher-forced (each code drawn after the
+# caption and the image's true codes before it), the target the image: the decoder learns to draw what the
+# sampler writes. The last model is then exported with this decoder. Empty POST_ARGS: no such stage
+POST_ARGS ?=
+$(RUNS)/tok-post/done: $(RUNS)/$(LAST)/done $(RUNS)/tok-dec/done
+	$(TIMED) post $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_post init_from=$(RUNS)/tok-dec \
+		decoder_only=true resample_from=$(RUNS)/$(LAST) data.crop_size=null data.batch_size=8 run_dir=$(RUNS)/tok-post \
+		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-post) $(TRAIN_ARGS) $(POST_ARGS) > /dev/null
+	$(TIMED) post $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-post --no-jpeg --limit 500 \
+		> $(DEMO)/post.json
+	touch $@
+
+FINAL_TOK = $(if $(POST_ARGS),tok-post,tok-dec)
+$(DEMO)/eval-final.json: $(RUNS)/$(LAST)/done $(RUNS)/$(FINAL_TOK)/done
+	$(TIMED) export $(ARIMG) export --ckpt $(RUNS)/$(LAST) --tokenizer $(RUNS)/$(FINAL_TOK) --out $(RUNS)/final \
 		--overwrite > /dev/null
 	$(TIMED) eval-final $(ARIMG) eval generator --ckpt $(RUNS)/final $(DEMO_EVAL) out=$(DEMO)/eval-final > $@.tmp
 	mv $@.tmp $@
@@ -186,18 +200,18 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" \
 	DEMO_PREFS2="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64 seed=1" \
 	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'" \
-	DEC_ARGS=trainer.max_steps=9000
+	DEC_ARGS=trainer.max_steps=9000 POST_ARGS=trainer.max_steps=3000
 
 train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 330 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
-	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-dec --out arlm/default/model \
+	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-post --out arlm/default/model \
 		--name arimg-default --overwrite --eval data/default/eval-final.json
 	$(PY) scripts/model_sheet.py data/default/eval-final docs/default-model.png --per-kind 8
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
 	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
-		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2 $(RUNS)/tok-dec $(RUNS)/final
+		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2 $(RUNS)/tok-dec $(RUNS)/tok-post $(RUNS)/final
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

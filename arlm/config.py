@@ -181,6 +181,13 @@ class TrainTokenizerConfig:
     # train the decoder alone, on the frozen encoder and codebook of init_from (Muse's decoder fine-tune): the
     # tokens of every image stay those of init_from, so token shards and transformers made with it keep working
     decoder_only: bool = False
+    # decoder_only: the transformer run (or exported model) whose draws, teacher-forced on each training image's
+    # caption and true codes (the sampler's errors on real images), replace the codes of that share of the images
+    # the decoder sees, the target staying the image (RobusTok's post-training): the decoder learns to draw what
+    # the sampler writes. Needs whole images (data.crop_size=null) with captions; `sampling` is how it draws
+    resample_from: Optional[str] = None
+    resample_share: float = 0.5
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig())
     resume: bool = False  # continue the run in run_dir from its latest checkpoint
     overwrite: bool = False  # start afresh in a run_dir that already holds checkpoints
 

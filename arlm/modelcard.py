@@ -98,6 +98,9 @@ def _stage(ckpt: Path) -> dict:
         out["tokenizer"] = cfg.get("tokenizer")
         out["init_from"] = cfg.get("init_from")
         out["decoder_only"] = cfg.get("decoder_only", False)
+        if cfg.get("resample_from"):  # a decoder post-trained on a transformer's draws
+            out["resample_from"] = cfg.get("resample_from")
+            out["resample_share"] = cfg.get("resample_share")
     return out
 
 

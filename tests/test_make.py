@@ -180,3 +180,26 @@ def test_a_decoder_trained_alone_draws_the_last_model(tmp_path):
         check_parses(shlex.split(line))
 
     assert not any("tok-dec" in ln or "final" in ln for ln in _plain(tmp_path))
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_the_decoder_post_trained_on_the_last_models_draws(tmp_path):
+    """POST_ARGS (train-default, with DEC_ARGS): after the last model and the decoder stage, the decoder is trained
+    on, from the decoder stage, with the last model's teacher-forced draws on whole images, and the last model is
+    exported with that decoder; the transformer stages never use it."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "DEC_ARGS=trainer.max_steps=11", "POST_ARGS=trainer.max_steps=5")
+    assert code == 0, log
+    runs = tmp_path / "runs"
+    post = [ln for ln in log if ln.startswith("train-tokenizer ") and f"run_dir={runs}/tok-post" in ln]
+    assert len(post) == 1 and f"init_from={runs}/tok-dec " in post[0] and "decoder_only=true" in post[0]
+    assert f"resample_from={runs}/dpo " in post[0] and "data.crop_size=null" in post[0]
+    assert post[0].endswith("trainer.max_steps=5")  # POST_ARGS decide
+    dpo = [ln for ln in log if ln.startswith("dpo ")]
+    assert log.index(dpo[-1]) < log.index(post[0])  # it needs the last model
+    export = [ln for ln in log if ln.startswith("export ")]
+    assert len(export) == 1 and f"--ckpt {runs}/dpo --tokenizer {runs}/tok-post --out {runs}/final" in export[0]
+    assert log.index(post[0]) < log.index(export[0])
+    assert any(ln.startswith("eval tokenizer") and f"--tokenizer {runs}/tok-post " in ln + " " for ln in log)
+    for line in log:
+        check_parses(shlex.split(line))

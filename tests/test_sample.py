@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arlm.transformer.sample import Settings, GumbelNoise, image_seed, load_model, sample
+from arlm.transformer.sample import Settings, GumbelNoise, image_seed, load_model, sample, teacher_forced
 from arlm.transformer.sequence import positions
 
 PROMPTS = ["a red circle", "", "three green triangles on a black background"]
@@ -182,3 +182,33 @@ def test_rerank_keeps_the_best_scored_candidate(run_cli, tiny_lm, tmp_path):
         assert same == (rr["chosen"] == 0)  # candidate 0 is the image drawn without reranking
     code, _, err = run_cli(*args, "--out", tmp_path / "x", "--rerank", "0")
     assert code == 2 and "--rerank" in err
+
+
+def test_teacher_forced_draws_each_code_after_the_true_ones(lm):
+    """RobusTok's data: code j is drawn from the guided logits after the prompt and the true codes before j, all
+    positions in one pass; greedy, it is the slow one-prefix-at-a-time argmax, and the sampler's own draw when
+    an image's first rows are kept."""
+    model, vocab, _ = lm
+    prompts = ["a red circle", "three green triangles on a black background"]
+    grids = sample(model, vocab, prompts, [1, 2], 4, 4, Settings(cfg=2.0))
+    greedy = Settings(cfg=2.0, temperature=0)
+    forced = teacher_forced(model, vocab, prompts, grids, greedy)
+    lo, K = vocab.visual0, vocab.codebook_size
+    for b, prompt in enumerate(prompts):
+        for j in range(16):
+            logits = []
+            for text in (prompt, ""):
+                pre = vocab.prefix(text, 4, 4)
+                toks = torch.tensor([pre + (grids[b].flatten()[:j] + lo).tolist()])
+                pos = positions(torch.arange(toks.shape[1])[None], torch.tensor([[len(pre)]]), 4, 4, 16)
+                logits.append(model(toks, pos)[0, -1, lo:lo + K].float())
+            assert int(forced[b].flatten()[j]) == int((logits[1] + 2.0 * (logits[0] - logits[1])).argmax())
+    for r in range(4):
+        assert torch.equal(forced[:, r, 0], sample(model, vocab, prompts, [1, 2], 4, 4, greedy, keep=grids[:, :r])[:, r, 0])
+    # drawn: valid codes, the same under the same seed; top-k 1 is the greedy draw
+    torch.manual_seed(0)
+    drawn = teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=5))
+    torch.manual_seed(0)
+    assert torch.equal(drawn, teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=5)))
+    assert drawn.shape == grids.shape and 0 <= int(drawn.min()) and int(drawn.max()) < K
+    assert torch.equal(teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=1)), forced)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from arlm import checkpoint
 from arlm.config import TokenizerConfig, compose, to_object
-from arlm.errors import ConfigError
+from arlm.errors import ConfigError, UserError
 from arlm.data.shards import SkipCounter, read_shards, raw_samples, expand
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer, to_unit
@@ -213,6 +213,39 @@ def test_decoder_only_keeps_the_tokens_and_trains_a_larger_decoder(tmp_path, syn
     with pytest.raises(ConfigError, match="tokenizer.codebook_size"):
         train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true",
                        f"tokenizer.codebook_size={base.codebook_size * 2}", name="other"))
+
+
+def test_decoder_stage_on_a_transformers_draws(tmp_path, synth_dir, tiny_run, tiny_lm):
+    """resample_from: the decoder learns from the transformer's teacher-forced draws; encoder and codebook stay, and
+    the forward pass with a draw that changes nothing is the plain one."""
+    run = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", f"resample_from={tiny_lm}",
+                         "resample_share=1", "data.crop_size=null", "trainer.max_steps=2", name="post"))
+    src, got = (checkpoint.load_weights(checkpoint.latest(r)) for r in (tiny_run, run))
+    frozen = [k for k in src if not k.startswith("decoder.")]
+    assert all(torch.equal(src[k], got[k]) for k in frozen)
+    assert not all(torch.equal(src[k], got[k]) for k in src if k.startswith("decoder."))
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["rec"]) for r in rows)
+    model = load_tokenizer(run, "cpu").model
+    x = to_unit(torch.stack([torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1)
+                             for s, _ in zip(read_shards(str(synth_dir)), range(4))]))
+    with torch.no_grad():
+        plain, tokens, _ = model(x)
+        same, _, _ = model(x, draw=lambda i: i.clone())
+        other, kept, _ = model(x, draw=lambda i: (i + 1) % model.codebook_size)
+    assert torch.equal(plain, same) and torch.equal(tokens, kept) and not torch.allclose(plain, other)
+    # one line each: not a decoder stage, windows, a share outside (0, 1], a transformer of other tokens
+    post = [f"init_from={tiny_run}", "decoder_only=true", f"resample_from={tiny_lm}", "data.crop_size=null"]
+    with pytest.raises(ConfigError, match="decoder_only"):
+        train(tiny_cfg(tmp_path, synth_dir, f"resample_from={tiny_lm}", "data.crop_size=null", name="e1"))
+    with pytest.raises(ConfigError, match="crop_size"):
+        train(tiny_cfg(tmp_path, synth_dir, *post, "data.crop_size=16", name="e2"))
+    with pytest.raises(ConfigError, match="resample_share"):
+        train(tiny_cfg(tmp_path, synth_dir, *post, "resample_share=0", name="e3"))
+    stranger = train(tiny_cfg(tmp_path, synth_dir, "trainer.seed=5", name="stranger"))
+    with pytest.raises(UserError, match="encoder or codebook differs"):
+        train(tiny_cfg(tmp_path, synth_dir, *post[1:], f"init_from={stranger}", name="e4"))
+    assert not any((tmp_path / "e4").glob("*"))  # nothing written
 
 
 def test_tokenize_detokenize_round_trip(run_cli, tmp_path, synth_dir, tiny_run, monkeypatch):

@@ -16,6 +16,8 @@ z (B, d, H/f, W/f), indices (B, H/f, W/f).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -165,17 +167,23 @@ class Tokenizer(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the tokenizer's stride {self.stride}")
         return h // self.stride, w // self.stride
 
-    def forward(self, x: torch.Tensor,
-                token_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses). `token_noise`:
-        that share of the tokens is replaced by random codes before decoding (no gradient reaches the encoder
-        through them: for a decoder trained alone)."""
+    def forward(self, x: torch.Tensor, token_noise: float = 0.0, draw: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses). What the decoder
+        sees may differ from the indices (no gradient reaches the encoder through such tokens: for a decoder
+        trained alone): `token_noise`, that share of the tokens replaced by random codes; `draw`, a function of
+        the indices giving the codes to decode instead (a transformer's teacher-forced draws)."""
         self.grid(*x.shape[-2:])
         quantized, indices, losses = self.quantizer(self.encoder(x))
+        seen = indices
         if token_noise > 0:
             swap = torch.rand(indices.shape, device=x.device) < token_noise
-            noisy = torch.where(swap, torch.randint_like(indices, self.codebook_size), indices)
-            quantized = torch.where(swap.unsqueeze(1), self.quantizer.decode(noisy).to(quantized.dtype), quantized)
+            seen = torch.where(swap, torch.randint_like(indices, self.codebook_size), indices)
+        if draw is not None:
+            seen = draw(seen)
+        if seen is not indices:
+            swap = (seen != indices).unsqueeze(1)
+            quantized = torch.where(swap, self.quantizer.decode(seen).to(quantized.dtype), quantized)
         # one memory layout on both paths: a convolution may pick another kernel for another layout, and then
         # decode(indices) would differ from the reconstruction in the last bits
         return self.decoder(quantized.contiguous()), indices, losses

@@ -11,6 +11,10 @@ quantizer stays in eval mode, so no code moves), and only the decoder trains, wi
 wider and deeper than the encoder (`tokenizer.decoder_channels`, `tokenizer.decoder_res_blocks`). Every image
 keeps RUN's tokens, so token shards and transformers made with RUN draw with the new decoder as they are
 (`arimg export --tokenizer`). Muse (Chang et al., 2023) fine-tuned a larger decoder on frozen VQGAN tokens so.
+With `resample_from=TRANSFORMER` the decoder stage is RobusTok's post-training (Qiu et al., 2025): for a share
+of each batch's whole images the decoder sees, instead of the image's codes, those the transformer draws for
+them teacher-forced (each code drawn after the caption and the image's true codes before it, as the sampler
+draws), and learns to draw the image from them: the sampler's errors are then painted over.
 
 Codebook usage and perplexity are measured over a rolling window of the latest 65,536 tokens (LlamaGen's
 protocol). The run directory gets metrics.jsonl, reconstruction grids (inputs above outputs) and a loss
@@ -30,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,10 +48,13 @@ from arlm.config import TokenizerConfig, TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
 from arlm.errors import ConfigError, UserError
 from arlm.log import log, progress
+from arlm.modelcard import same_codes
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import Settings, teacher_forced
 from arlm.training import (EMA, Metrics, NonFinite, autocast, clip_gradients, lr_at, prepare_run_dir, resolve_device,
                            rng_state, run_info, set_lr, set_rng_state, setup)
 from arlm.viz import line_plot
@@ -81,6 +90,13 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
                           "(and init_from)")
     if not 0 <= lc.token_noise < 1:
         raise ConfigError(f"tokenizer.loss.token_noise must lie in [0, 1), got {lc.token_noise}")
+    if cfg.resample_from and not cfg.decoder_only:
+        raise ConfigError("resample_from is for a decoder trained alone: set decoder_only=true (and init_from)")
+    if not 0 < cfg.resample_share <= 1:
+        raise ConfigError(f"resample_share must lie in (0, 1], got {cfg.resample_share}")
+    if cfg.resample_from and cfg.data.crop_size:
+        raise ConfigError("resample_from draws whole token grids after each image's caption: train on whole images "
+                          "(data.crop_size=null)")
     precision = setup(tc)[1]  # and the same seeds in every process; the device is this process's own
     guard = NonFinite(tc)
     run = Path(cfg.run_dir)
@@ -100,6 +116,7 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     if cfg.decoder_only:  # the encoder and the quantizer (codebook, k-means, restarts) never change
         for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
             p.requires_grad_(False)
+    resample = resampler(cfg, init or resume_from, device, precision) if cfg.resample_from else None
     # this rank's part of every global batch; checks the shards and that the processes divide the batch
     loader = ShardLoader(cfg.data, repeat=True, drop_last=True, split=True)
     parallel.barrier()  # every process has checked its inputs
@@ -183,7 +200,8 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
             x = to_unit(batch["image"].to(device))  # (B, 3, H, W) in [-1, 1]
             set_lr(opt, lr_at(step, tc))
             with autocast(device, precision):
-                recon, indices, qlosses = net(x, lc.token_noise)
+                draw = functools.partial(resample, batch["caption"]) if resample else None
+                recon, indices, qlosses = net(x, lc.token_noise, draw)
             recon = recon.float()
             # losses in fp32
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
@@ -249,6 +267,25 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
         metrics.close()
     loader.skips.log_summary()
     return run
+
+
+def resampler(cfg: TrainTokenizerConfig, frozen: Path, device: torch.device, precision: str
+              ) -> Callable[[list[str], torch.Tensor], torch.Tensor]:
+    """resample_from: (captions, indices) -> the codes the decoder sees, the transformer's teacher-forced draws for
+    a `resample_share` of the images and their own codes for the rest. The transformer must have been trained on
+    the tokens of `frozen`, the checkpoint whose encoder and codebook this run keeps."""
+    model, vocab, _ = load_model(cfg.resample_from, str(device))
+    same_codes(checkpoint.resolve(vocab.tokenizer, KIND), frozen)
+    settings = Settings.from_config(cfg.sampling)
+    settings.check()
+    log.info("the decoder sees the draws of %s for %.0f%% of the images", cfg.resample_from, 100 * cfg.resample_share)
+
+    def draw(captions: list[str], indices: torch.Tensor) -> torch.Tensor:
+        drawn = teacher_forced(model, vocab, captions, indices, settings, precision)
+        keep = torch.rand(len(captions), device=indices.device) >= cfg.resample_share
+        return torch.where(keep[:, None, None], indices, drawn)
+
+    return draw
 
 
 def train_mode(model: Tokenizer, decoder_only: bool) -> None:

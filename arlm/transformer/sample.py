@@ -202,6 +202,46 @@ def sample(model: Transformer, vocab: Vocab, prompts: list[str], seeds: list[int
     return out.view(B, h, w)
 
 
+@torch.no_grad()
+def teacher_forced(model: Transformer, vocab: Vocab, prompts: list[str], grids: torch.Tensor,
+                   settings: Settings = Settings(), precision: str = "fp32") -> torch.Tensor:
+    """(B, h, w) codes, each drawn as `sample` would draw it after its prompt and the true codes of `grids`
+    (B, h, w) before it: the sampler's own errors on real images (RobusTok's post-training data, Qiu et al.,
+    2025). One forward pass of every whole sequence; the noise comes from torch's global generator."""
+    settings.check()
+    device = next(model.parameters()).device
+    B, (h, w) = len(prompts), grids.shape[1:]
+    n = h * w
+    guided = settings.guided(n)
+    texts = list(prompts) + ([""] * B if guided else [])
+    seqs, starts = [], []
+    for r, t in enumerate(texts):
+        starts.append(len(check_prompt(vocab, t, h, w, model.cfg.max_seq_len)))
+        seqs.append(vocab.sequence(t, grids[r % B].cpu()))
+    R, T = len(seqs), max(map(len, seqs))
+    tokens = torch.full((R, T), vocab.pad, dtype=torch.long)
+    for r, q in enumerate(seqs):  # right-padded: a causal model never looks at the pads after a row
+        tokens[r, :len(q)] = torch.tensor(q)
+    v0 = torch.tensor(starts)[:, None]  # each row's first visual index
+    pos = positions(torch.arange(T).expand(R, T), v0, h, w, n)
+    K, lo = vocab.codebook_size, vocab.visual0
+    was = model.training
+    model.eval()
+    with autocast(device, precision):
+        logits = model(tokens.to(device), pos.to(device), rows=slice(lo, lo + K))  # (R, T, K)
+    model.train(was)
+    at = (v0 - 1 + torch.arange(n)).to(device)  # the column whose logits predict visual token j
+    vis = logits.float().gather(1, at[..., None].expand(R, n, K))  # (R, n, K)
+    if guided:
+        scale = torch.tensor([settings.scale(j, n) for j in range(n)], device=device)[:, None]
+        vis = vis[B:] + scale * (vis[:B] - vis[B:])
+    vis = vis.reshape(B * n, K)
+    if settings.temperature == 0:
+        return vis.argmax(-1).view(B, h, w)
+    u = torch.rand(vis.shape, device=device).clamp_(1e-20, 1 - 1e-7)
+    return (filter_logits(vis, settings) - torch.log(-torch.log(u))).argmax(-1).view(B, h, w)
+
+
 def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: int, temperature: float = 1.0,
              top_k: int = 0, seed: int = 0, precision: str = "fp32") -> torch.Tensor:
     """(n, h, w) codes for one prompt without guidance: the training stages' sample grids. Image i draws
