@@ -126,7 +126,16 @@ def _resume_run(tmp_path, synth_dir, extra):
      "data.crop_size=24"],
 ], ids=["vqvae", "vqgan"])
 def test_resume_continues_the_same_run(tmp_path, synth_dir, extra):
-    full, cut = _resume_run(tmp_path, synth_dir, extra)
+    _assert_same_run(*_resume_run(tmp_path, synth_dir, extra), ["model"] + (["disc", "ema"] if extra else []))
+
+
+def test_resume_continues_the_post_training(tmp_path, synth_dir, tiny_run, tiny_lm):
+    """The transformer's draws come from the saved RNG: a resumed post-training draws what the straight run drew."""
+    _assert_same_run(*_resume_run(tmp_path, synth_dir, [f"init_from={tiny_run}", "decoder_only=true",
+                                                         f"resample_from={tiny_lm}", "data.crop_size=null"]), ["model"])
+
+
+def _assert_same_run(full, cut, names):
     rows = lambda run: [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     a, b = rows(full), rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -134,7 +143,6 @@ def test_resume_continues_the_same_run(tmp_path, synth_dir, extra):
         ra.pop("img_s"), rb.pop("img_s")
         assert ra == rb
     ca, cb = checkpoint.latest(full), checkpoint.latest(cut)
-    names = ["model"] + (["disc", "ema"] if extra else [])
     for name in names:
         wa, wb = checkpoint.load_weights(ca, name), checkpoint.load_weights(cb, name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
