@@ -121,7 +121,7 @@ def test_the_default_model_missing_damaged_and_used(run_cli, exported, tmp_path,
 def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path):
     """The weights in arlm/default/model are what `make train-default` describes: the `small` model on the
     `gen` tokenizer's codes with the pretrain preset's word pieces, drawn by the larger decoder of `gen_dec`
-    trained alone on those codes."""
+    trained alone on those codes and post-trained on the transformer's draws."""
     from arlm import checkpoint
     from arlm.config import TrainTokenizerConfig, TrainTransformerConfig, compose, to_object
 
@@ -136,6 +136,8 @@ def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path)
     assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen_dec"])).tokenizer
     assert tok.decoder_only and dataclasses.replace(tok.tokenizer, decoder_channels=None, decoder_res_blocks=None) \
         == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer  # the encoder and codebook are gen's
+    # then post-trained on whole images with the transformer's draws (make train-default's POST_ARGS stage)
+    assert tok.resample_from and tok.data.crop_size is None and 0 < tok.resample_share < 1
     model, vocab, _ = load_model(path, "cpu")  # strict: every shape as the config says
     assert vocab.codebook_size == tok.tokenizer.codebook_size and 0 < len(vocab.words) <= recipe.data.words
     code, images, err = _sample(run_cli, None, tmp_path / "s")

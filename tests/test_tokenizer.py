@@ -223,7 +223,7 @@ def test_decoder_only_keeps_the_tokens_and_trains_a_larger_decoder(tmp_path, syn
                        f"tokenizer.codebook_size={base.codebook_size * 2}", name="other"))
 
 
-def test_decoder_stage_on_a_transformers_draws(tmp_path, synth_dir, tiny_run, tiny_lm):
+def test_decoder_stage_on_a_transformers_draws(run_cli, tmp_path, synth_dir, tiny_run, tiny_lm):
     """resample_from: the decoder learns from the transformer's teacher-forced draws; encoder and codebook stay, and
     the forward pass with a draw that changes nothing is the plain one."""
     run = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", f"resample_from={tiny_lm}",
@@ -234,6 +234,8 @@ def test_decoder_stage_on_a_transformers_draws(tmp_path, synth_dir, tiny_run, ti
     assert not all(torch.equal(src[k], got[k]) for k in src if k.startswith("decoder."))
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["rec"]) for r in rows)
+    code, out, err = run_cli("info", run)  # what the decoder learnt from
+    assert code == 0 and json.loads(out)["resample_from"] == str(tiny_lm) and json.loads(out)["resample_share"] == 1, err
     model = load_tokenizer(run, "cpu").model
     x = to_unit(torch.stack([torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1)
                              for s, _ in zip(read_shards(str(synth_dir)), range(4))]))
