@@ -236,10 +236,10 @@ def teacher_forced(model: Transformer, vocab: Vocab, prompts: list[str], grids: 
         scale = torch.tensor([settings.scale(j, n) for j in range(n)], device=device)[:, None]
         vis = vis[B:] + scale * (vis[:B] - vis[B:])
     vis = vis.reshape(B * n, K)
-    if settings.temperature == 0:
-        return vis.argmax(-1).view(B, h, w)
-    u = torch.rand(vis.shape, device=device).clamp_(1e-20, 1 - 1e-7)
-    return (filter_logits(vis, settings) - torch.log(-torch.log(u))).argmax(-1).view(B, h, w)
+    noise = None
+    if settings.temperature > 0:  # Gumbel noise, as GumbelNoise draws it
+        noise = -torch.log(-torch.log(torch.rand(vis.shape, device=device).clamp_(1e-20, 1 - 1e-7)))
+    return draw(vis, settings, noise).view(B, h, w)
 
 
 def generate(model: Transformer, vocab: Vocab, prompt: str, h: int, w: int, n: int, temperature: float = 1.0,
