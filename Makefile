@@ -189,9 +189,9 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # (32 per training prompt, 300 prompts per kind, the judge's yes/no, every accepted sample the chosen side of
 # one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), a second round the same way
 # from that DPO run's own samples (sampling seed 1: 5,912 pairs, 739 steps), a larger decoder trained alone on
-# the tokenizer's frozen codes (9,000 steps) and then post-trained on the last model's draws (3,000 steps), the
+# the tokenizer's frozen codes (9,000 steps) and then post-trained on the last model's draws (6,000 steps), the
 # full evaluation of every stage and of the last model with that decoder, then `arimg export` and the README's
-# picture. About 350 minutes on 2 cores; interrupted, it continues where it stopped (the stages resume exactly)
+# picture. About 360 minutes on 2 cores; interrupted, it continues where it stopped (the stages resume exactly)
 # when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
@@ -201,9 +201,9 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" \
 	DEMO_PREFS2="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64 seed=1" \
 	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'" \
-	DEC_ARGS=trainer.max_steps=9000 POST_ARGS=trainer.max_steps=3000
+	DEC_ARGS=trainer.max_steps=9000 POST_ARGS=trainer.max_steps=6000
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 350 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 360 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
 	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-post --out arlm/default/model \
 		--name arimg-default --overwrite --eval data/default/eval-final.json
