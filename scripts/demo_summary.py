@@ -14,7 +14,7 @@ from pathlib import Path
 
 # the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of make
 # train-default; dpo2: its second preference round; final: the last model exported with the decoder trained
-# alone, DEC_ARGS); the optional ones are listed only where they ran
+# alone, DEC_ARGS, or post-trained, POST_ARGS); the optional ones are listed only where they ran
 STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2", "final")
 OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2", "final"}
 KINDS = ("single", "count", "relation", "text")
@@ -66,7 +66,8 @@ def summary(demo: Path, runs: Path) -> str:
     judge = _json(demo / "judge.json")
     if judge:
         lines.append(f"- the judge on {judge.get('n')} held-out synthetic images: {_pct(judge.get('accuracy'))} accepted")
-    for name, label in (("tokenizer", "the tokenizer"), ("decoder", "the tokenizer with the decoder trained alone")):
+    for name, label in (("tokenizer", "the tokenizer"), ("decoder", "the tokenizer with the decoder trained alone"),
+                        ("post", "that decoder post-trained on the last model's draws")):
         tok = _json(demo / f"{name}.json")
         if tok:
             lines.append(f"- {label}: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out "
@@ -91,7 +92,8 @@ def summary(demo: Path, runs: Path) -> str:
     lines += ["", "Pictures:",
               f"- the synthetic set: {demo}/contact-sheet.png",
               f"- tokenizer reconstructions: {runs}/tok-gen/images/"
-              + (f", {runs}/tok-dec/images/ (the decoder trained alone)" if (runs / "tok-dec").is_dir() else ""),
+              + (f", {runs}/tok-dec/images/ (the decoder trained alone)" if (runs / "tok-dec").is_dir() else "")
+              + (f", {runs}/tok-post/images/ (post-trained)" if (runs / "tok-post").is_dir() else ""),
               "- training sample grids and loss plots: "
               + ", ".join(f"{runs}/{s}/images/" for s in STAGES
                           if s != "final" and ((runs / s).is_dir() or s not in OPTIONAL)),
