@@ -214,10 +214,10 @@ def teacher_forced(model: Transformer, vocab: Vocab, prompts: list[str], grids: 
     n = h * w
     guided = settings.guided(n)
     texts = list(prompts) + ([""] * B if guided else [])
-    seqs, starts = [], []
+    seqs, starts, host = [], [], grids.cpu()  # one copy to the host, not one per row
     for r, t in enumerate(texts):
         starts.append(len(check_prompt(vocab, t, h, w, model.cfg.max_seq_len)))
-        seqs.append(vocab.sequence(t, grids[r % B].cpu()))
+        seqs.append(vocab.sequence(t, host[r % B]))
     R, T = len(seqs), max(map(len, seqs))
     tokens = torch.full((R, T), vocab.pad, dtype=torch.long)
     for r, q in enumerate(seqs):  # right-padded: a causal model never looks at the pads after a row
