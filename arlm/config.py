@@ -249,6 +249,7 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 10  # 0 = off; 10: measured on the bundled model (docs/sampling.md, "Why top-k 10")
     top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off; else keep the ids at least min_p times as likely as the likeliest (docs/sampling.md)
 
 
 @dataclass

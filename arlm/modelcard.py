@@ -8,6 +8,11 @@ tokenizer from `tokenizer/` when it is there, so an exported model samples where
 
 The package ships one such model in `arlm/default/model/` (read with importlib.resources), trained by
 `make train-default`; `arimg sample` uses it when no --ckpt is given.
+
+A card may also recommend how to sample the model (`sampling`, set by `arimg export --sampling KEY=VALUE`):
+the settings measured best for it, as a Hugging Face generation_config does. Every command that samples a
+model named by --ckpt (`sample`, `eval generator`, `make-prefs`) starts from them instead of
+`SamplingConfig`'s defaults; what the command line sets still wins. Runs have no card: the defaults apply.
 """
 
 from __future__ import annotations
@@ -143,6 +148,73 @@ def lineage(ckpt: Path) -> list[dict]:
     return stages[::-1]
 
 
+def check_sampling(raw: Any, where: str) -> dict:
+    """`raw` as sampling settings a card may recommend (keys and types of arlm.config.SamplingConfig, values the
+    sampler accepts); a one-line UserError naming `where` otherwise."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from arlm.config import SamplingConfig
+    from arlm.transformer.sample import Settings
+
+    names = [f.name for f in fields(SamplingConfig)]
+    if not isinstance(raw, dict) or any(k not in names for k in raw):
+        raise UserError(f"{where}: sampling settings are a mapping of {', '.join(names)}, got {raw!r}"[:300])
+    try:
+        merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SamplingConfig), raw))
+        Settings.from_config(merged).check()
+    except (OmegaConfBaseException, ValueError) as e:
+        raise UserError(f"{where}: bad sampling settings {raw!r}: {' '.join(str(e).split())[:200]}") from None
+    return {k: getattr(merged, k) for k in raw}
+
+
+def parse_sampling(items: list[str] | tuple[str, ...]) -> dict:
+    """`arimg export --sampling KEY=VALUE` items (VALUE read as YAML: 3, 0.9, linear, [0.2,0.8]) as checked settings."""
+    import yaml
+
+    raw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--sampling takes KEY=VALUE (e.g. top_k=3), got {item!r}")
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--sampling {item!r}: the value is not readable") from None
+    return check_sampling(raw, "--sampling")
+
+
+def recommended_sampling(path: str | None) -> dict:
+    """The sampling settings the model card of `path` (None: the bundled model) recommends; {} for a run or a
+    model whose card has none."""
+    ckpt = default_model() if path in (None, DEFAULT) else checkpoint.resolve(path)
+    card = ckpt / CARD_FILE
+    if not card.is_file():
+        return {}
+    raw = _read_json(card)
+    return check_sampling(raw.get("sampling", {}) if isinstance(raw, dict) else raw, str(card))
+
+
+def sampling_for(path: str | None, given: dict) -> Any:
+    """The arlm.config.SamplingConfig a command samples `path` with: SamplingConfig's defaults, then what its
+    card recommends, then the settings in `given` that are not None (the command line's)."""
+    from dataclasses import asdict
+
+    from arlm.config import SamplingConfig
+
+    chosen = {**asdict(SamplingConfig()), **recommended_sampling(path)}
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    return SamplingConfig(**chosen)
+
+
+def sampling_overrides(path: str | None) -> list[str]:
+    """The card's recommended settings as config overrides (`sampling.KEY=VALUE`), to go before the command
+    line's own, which then win."""
+    return [f"sampling.{k}={json.dumps(v)}" for k, v in recommended_sampling(path).items()]
+
+
 def same_codes(tok: Path, other: Path) -> None:
     """UserError unless tokenizer checkpoint `other` turns images into the tokens `tok` does and decodes the same
     ids: the same encoder and codebook (a decoder trained alone on `tok`'s codes, decoder_only=true)."""
@@ -155,11 +227,12 @@ def same_codes(tok: Path, other: Path) -> None:
 
 
 def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: str = "", overwrite: bool = False,
-           tokenizer: str | None = None) -> Path:
+           tokenizer: str | None = None, sampling: dict | None = None) -> Path:
     """Pack transformer run or checkpoint `path` and its tokenizer into `out` (see the module docstring),
     with a model card holding its lineage and the JSON reports in `evals` (e.g. `arimg eval generator`'s).
     `tokenizer`: pack this tokenizer instead, one with the same encoder and codebook (a decoder trained alone
-    on the transformer's tokens). Written into a temporary folder and renamed into place: a kill leaves `out`
+    on the transformer's tokens). `sampling`: the settings the card recommends (checked, see
+    `parse_sampling`); None keeps those of a card exported before, {} records none. Written into a temporary folder and renamed into place: a kill leaves `out`
     as it was."""
     from dataclasses import replace
 
@@ -204,6 +277,9 @@ def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: s
                 "from": before.get("from", str(ckpt)), "parameters": _parameters(tmp),
                 "tokenizer_parameters": _parameters(tmp / TOKENIZER_DIR),
                 "stages": before.get("stages") or lineage(ckpt), "image_tokenizer": _stage(tok), "evals": figures}
+        kept = before.get("sampling") if sampling is None else sampling
+        if kept:
+            card["sampling"] = check_sampling(kept, str(ckpt / CARD_FILE))
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
         if dest.exists():
             old = dest.parent / f".tmp-old-{dest.name}-{os.getpid()}"

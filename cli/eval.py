@@ -27,17 +27,19 @@ def images_cmd(
 
 @app.command("generator")
 def generator_cmd(
-    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run or checkpoint directory."),
+    ckpt: str = typer.Option(..., "--ckpt", help="Transformer run, checkpoint or exported model directory."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
 ) -> None:
     """Sample held-out prompts of every kind (or prompts=FILE), judge every image: accuracy per kind,
     word exact-match rate and diversity as JSON on stdout; images, verdicts.jsonl and a contact sheet per
-    kind in out=DIR. seeds=[0,1,2] averages over sampling seeds; sampling.cfg=... and friends set the draw."""
+    kind in out=DIR. seeds=[0,1,2] averages over sampling seeds; sampling.cfg=... and friends set the draw
+    (default: the settings the model card recommends, else SamplingConfig's)."""
+    from arlm.modelcard import sampling_overrides
     from arlm.parallel import is_main
     from arlm.transformer.evaluate import eval_generator
 
-    cfg = configured("eval_generator", overrides, print_config)
+    cfg = configured("eval_generator", sampling_overrides(ckpt) + (overrides or []), print_config)
     report = eval_generator(ckpt, cfg)
     if is_main():  # under torchrun one report, not one per process
         emit(report)

@@ -31,10 +31,15 @@ def export_cmd(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Pack this image tokenizer instead of "
                                             "the transformer's own: one with the same encoder and codebook, such as "
                                             "a decoder trained alone on its tokens (train-tokenizer decoder_only=true)."),
+    sampling: Optional[List[str]] = typer.Option(None, "--sampling", help="KEY=VALUE (repeatable): a sampling "
+                                                 "setting the card recommends, e.g. top_k=3; commands that sample "
+                                                 "the model start from it (default: those of the card exported "
+                                                 "before, if any)."),
 ) -> None:
     """Pack a transformer and its image tokenizer into one folder that samples anywhere: weights (EMA folded
     in, no optimizer state), config, vocabulary and a model card (card.json: stages, data, eval figures).
     Prints the folder."""
-    from arlm.modelcard import export
+    from arlm.modelcard import export, parse_sampling
 
-    emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite, tokenizer))
+    settings = parse_sampling(sampling) if sampling else None
+    emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite, tokenizer, settings))

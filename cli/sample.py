@@ -12,6 +12,7 @@ from arlm.config import SamplingConfig
 from arimg.common import emit, report
 
 DEFAULT = SamplingConfig()  # one home for the sampling defaults: arimg sample and arimg eval generator
+MODEL = ": the model card's recommendation, else"
 
 
 def sample_cmd(
@@ -22,13 +23,19 @@ def sample_cmd(
                                                             "(default: the bundled model, see arimg info)."),
     n: int = typer.Option(1, "--n", help="Images per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (twice the rows with guidance)."),
-    cfg: float = typer.Option(DEFAULT.cfg, "--cfg", help="Classifier-free guidance scale; 1 = none (docs/results.md)."),
-    cfg_schedule: str = typer.Option(DEFAULT.cfg_schedule, "--cfg-schedule", help="constant | linear (1 -> cfg) | interval."),
-    cfg_interval: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT.cfg_interval), "--cfg-interval",
-                                     help="lo,hi: the grid fractions guided (interval)."),
-    temperature: float = typer.Option(DEFAULT.temperature, "--temperature", help="0 = greedy."),
-    top_k: int = typer.Option(DEFAULT.top_k, "--top-k", help="0 = off (docs/results.md)."),
-    top_p: float = typer.Option(DEFAULT.top_p, "--top-p", help="1 = off."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help=f"Classifier-free guidance scale; 1 = none "
+                                                             f"(default{MODEL} {DEFAULT.cfg:g})."),
+    cfg_schedule: Optional[str] = typer.Option(None, "--cfg-schedule", help="constant | linear (1 -> cfg) | interval "
+                                                                           f"(default{MODEL} {DEFAULT.cfg_schedule})."),
+    cfg_interval: Optional[str] = typer.Option(None, "--cfg-interval", help="lo,hi: the grid fractions guided "
+                                               f"(interval; default{MODEL} {','.join(f'{v:g}' for v in DEFAULT.cfg_interval)})."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=f"0 = greedy (default{MODEL} "
+                                                                           f"{DEFAULT.temperature:g})."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=f"0 = off (default{MODEL} {DEFAULT.top_k}; "
+                                                             "docs/sampling.md)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=f"1 = off (default{MODEL} {DEFAULT.top_p:g})."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep the codes at least this times as likely as the "
+                                                               f"likeliest; 0 = off (default{MODEL} {DEFAULT.min_p:g})."),
     seed: int = typer.Option(0, "--seed"),
     size: Optional[str] = typer.Option(None, "--size", help="Image size N or HxW (default: the training grid's)."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for the PNG files."),
@@ -44,26 +51,32 @@ def sample_cmd(
     files are named by prompt and image number, never by prompt text. A bad prompt (too long, not UTF-8)
     is reported on stderr and the others go on; the exit code is 1 if any failed."""
     from arlm.errors import ConfigError
+    from arlm.modelcard import load_default, sampling_for
     from arlm.transformer.sample import Request, Sampler, Settings, argv_prompts, read_prompts
 
     try:
-        lo, hi = (float(v) for v in cfg_interval.split(","))
+        interval = None if cfg_interval is None else [float(v) for v in cfg_interval.split(",")]
     except ValueError:
-        raise ConfigError(f"--cfg-interval must be lo,hi, got {cfg_interval!r}") from None
+        interval = []
+    if interval is not None and len(interval) != 2:
+        raise ConfigError(f"--cfg-interval must be lo,hi, got {cfg_interval!r}")
     if prefix_image is None and keep_rows:
         raise ConfigError("--keep-rows needs --prefix-image")
-    settings = Settings(cfg=cfg, cfg_schedule=cfg_schedule, cfg_interval=(lo, hi), temperature=temperature,
-                        top_k=top_k, top_p=top_p)
+    given = {"cfg": cfg, "cfg_schedule": cfg_schedule, "cfg_interval": interval, "temperature": temperature,
+             "top_k": top_k, "top_p": top_p, "min_p": min_p}
     request = Request(n=n, batch_size=batch_size, seed=seed, size=size, grid_sheet=grid, prefix_image=prefix_image,
                       keep_rows=keep_rows, rerank=rerank)
+
+    def load(path) -> Sampler:
+        return Sampler(str(path), Settings.from_config(sampling_for(str(path), given)), request, device)
+
     if ckpt is None:
         from arlm.log import log
-        from arlm.modelcard import load_default
 
         log.info("no --ckpt: sampling from the bundled default model (arimg info default)")
-        sampler = load_default(lambda path: Sampler(str(path), settings, request, device))
+        sampler = load_default(load)
     else:
-        sampler = Sampler(ckpt, settings, request, device)
+        sampler = load(ckpt)
     stdin = prompt == ["-"]
     prompts = read_prompts(sys.stdin.buffer) if stdin else argv_prompts(prompt)
     report(sampler.run(prompts, out, eager=stdin, total=None if stdin else len(prompt)), emit)

@@ -45,11 +45,13 @@ def make_prefs(
 ) -> None:
     """Preference pairs from the model's own samples: k images per prompt, each scored by a reward (the
     judge's graded score, reward=module:function, or labels=FILE), best against worst where they differ by
-    the margin; token shards with reference log-probs in out=DIR. A JSON report on stdout."""
+    the margin; token shards with reference log-probs in out=DIR. A JSON report on stdout. The draw: sampling.*
+    (default: the settings the model card recommends, else SamplingConfig's)."""
+    from arlm.modelcard import sampling_overrides
     from arlm.parallel import is_main
     from arlm.transformer.prefs import make_prefs as run
 
-    cfg = configured("make_prefs", overrides, print_config)
+    cfg = configured("make_prefs", sampling_overrides(ckpt) + (overrides or []), print_config)
     report = run(ckpt, cfg)
     if is_main():  # under torchrun one report, not one per process
         emit(report)

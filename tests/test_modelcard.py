@@ -142,3 +142,55 @@ def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path)
     assert vocab.codebook_size == tok.tokenizer.codebook_size and 0 < len(vocab.words) <= recipe.data.words
     code, images, err = _sample(run_cli, None, tmp_path / "s")
     assert code == 0 and len(images) == 4, err
+
+
+def test_a_card_recommends_sampling_settings_and_the_command_line_wins(run_cli, tiny_lm, exported, tmp_path):
+    """`arimg export --sampling` records settings in the card; sample, eval generator and make-prefs start from
+    them, an explicit setting wins, a run (no card) keeps SamplingConfig's defaults, and a re-export keeps them."""
+    from arlm.config import SamplingConfig
+
+    model = tmp_path / "m"
+    code, _, err = run_cli("export", "--ckpt", exported, "--out", model, "--sampling", "top_k=3",
+                           "--sampling", "temperature=0.9")
+    assert code == 0, err
+    assert json.loads((model / "card.json").read_text())["sampling"] == {"top_k": 3, "temperature": 0.9}
+    assert modelcard.recommended_sampling(str(model)) == {"top_k": 3, "temperature": 0.9}
+    assert modelcard.recommended_sampling(str(tiny_lm)) == {}
+
+    def settings(ckpt, *extra):
+        code, out, err = run_cli("sample", "--ckpt", ckpt, "-p", "a red circle", "--out", tmp_path / "s", *extra)
+        assert code == 0, err
+        return json.loads(out.splitlines()[0])["settings"]
+
+    assert (settings(model)["top_k"], settings(model)["temperature"]) == (3, 0.9)
+    assert settings(model)["cfg"] == SamplingConfig().cfg  # what the card does not set: the defaults
+    assert (settings(model, "--top-k", "7")["top_k"], settings(model, "--top-k", "7")["temperature"]) == (7, 0.9)
+    assert settings(tiny_lm)["top_k"] == SamplingConfig().top_k
+    for command in (("eval", "generator"), ("make-prefs",)):
+        code, out, err = run_cli(*command, "--ckpt", model, "--print-config")
+        assert code == 0 and "top_k: 3" in out and "temperature: 0.9" in out, err
+        code, out, err = run_cli(*command, "--ckpt", model, "sampling.top_k=5", "--print-config")
+        assert code == 0 and "top_k: 5" in out and "temperature: 0.9" in out, err
+    # exported again: kept unless replaced
+    code, _, err = run_cli("export", "--ckpt", model, "--out", tmp_path / "m2")
+    assert code == 0 and modelcard.recommended_sampling(str(tmp_path / "m2")) == {"top_k": 3, "temperature": 0.9}, err
+    code, _, err = run_cli("export", "--ckpt", model, "--out", tmp_path / "m3", "--sampling", "top_k=0")
+    assert code == 0 and modelcard.recommended_sampling(str(tmp_path / "m3")) == {"top_k": 0}, err
+
+
+@pytest.mark.parametrize("item, message", [("top_q=3", "sampling settings are a mapping"), ("top_k", "KEY=VALUE"),
+                                           ("top_k=many", "bad sampling settings"), ("top_p=0", "top-p")])
+def test_bad_recommended_sampling_is_one_line(run_cli, exported, tmp_path, item, message):
+    code, out, err = run_cli("export", "--ckpt", exported, "--out", tmp_path / "m", "--sampling", item)
+    assert code == 1 and out == "" and err.count("arimg: error:") == 1 and message in err, err
+    assert not (tmp_path / "m").exists()
+    # a hand-edited card with such a setting: every command that reads it says which file
+    model = tmp_path / "edited"
+    shutil.copytree(exported, model)
+    card = json.loads((model / "card.json").read_text())
+    key, _, value = item.partition("=")
+    (model / "card.json").write_text(json.dumps({**card, "sampling": {key: value or None}}))
+    for args in (("sample", "-p", "a red circle", "--out", tmp_path / "s"), ("eval", "generator", "--print-config"),
+                 ("make-prefs", "--print-config")):
+        code, out, err = run_cli(*args, "--ckpt", model)
+        assert code == 1 and out == "" and err.count("arimg: error:") == 1 and "card.json" in err, err

@@ -87,7 +87,13 @@ def test_schedules_and_filters():
     assert kept(Settings(top_p=0.5)) == [True, False, False, False]  # the top id alone holds 64%
     assert kept(Settings(top_p=0.85)) == [True, True, False, False]  # 64% + 24%
     assert kept(Settings(top_p=0.9)) == [True, True, True, False]
-    for bad in (Settings(cfg_schedule="cosine"), Settings(top_p=0), Settings(cfg_interval=(0.5, 0.5))):
+    assert kept(Settings(min_p=0.3)) == [True, True, False, False]  # e^-1 = 0.37 of the top id's probability
+    assert kept(Settings(min_p=0.4)) == [True, False, False, False]
+    assert kept(Settings(min_p=1.0)) == [True, False, False, False]  # the top id alone: greedy
+    # after temperature: 1.5, 1 and 0.5 lie within ln(1 / 0.3) = 1.2 of the top
+    assert kept(Settings(temperature=2.0, min_p=0.3)) == [True, True, True, False]
+    for bad in (Settings(cfg_schedule="cosine"), Settings(top_p=0), Settings(cfg_interval=(0.5, 0.5)),
+                Settings(min_p=-0.1), Settings(min_p=1.5)):
         with pytest.raises(ValueError):
             bad.check()
 

@@ -21,6 +21,8 @@ Shapes: B images (rows 2B with guidance), P prefix columns, n = h*w visual token
 
 from __future__ import annotations
 
+import math
+
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ class Settings:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off; else keep the ids at least min_p times as likely as the likeliest
 
     def check(self) -> None:
         if self.cfg_schedule not in SCHEDULES:
@@ -55,15 +58,15 @@ class Settings:
         lo, hi = self.cfg_interval
         if not 0 <= lo < hi <= 1:
             raise ValueError(f"cfg interval must satisfy 0 <= lo < hi <= 1, got {lo},{hi}")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature >= 0, top-k >= 0 and 0 < top-p <= 1, please")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p <= 1:
+            raise ValueError("temperature >= 0, top-k >= 0, 0 < top-p <= 1 and 0 <= min-p <= 1, please")
 
     @classmethod
     def from_config(cls, c) -> "Settings":
         """From an arlm.config.SamplingConfig."""
         if len(c.cfg_interval) != 2:
             raise ValueError(f"cfg interval must be [lo, hi], got {list(c.cfg_interval)}")
-        return cls(c.cfg, c.cfg_schedule, tuple(c.cfg_interval), c.temperature, c.top_k, c.top_p)
+        return cls(c.cfg, c.cfg_schedule, tuple(c.cfg_interval), c.temperature, c.top_k, c.top_p, c.min_p)
 
     def scale(self, j: int, n: int) -> float:
         """Guidance scale for visual token j of n."""
@@ -89,7 +92,9 @@ def check_prompt(vocab: Vocab, prompt: str, h: int, w: int, max_seq_len: int) ->
 
 
 def filter_logits(logits: torch.Tensor, s: Settings) -> torch.Tensor:
-    """Temperature, top-k, top-p on (B, K) fp32 logits (temperature 0 is handled by the caller)."""
+    """Temperature, top-k, top-p, min-p on (B, K) fp32 logits (temperature 0 is handled by the caller). Min-p
+    (Nguyen et al., 2024) keeps the ids whose probability after temperature is at least min_p times the top
+    id's: a cut that is tight where the model is sure and loose where it is not."""
     logits = logits / s.temperature
     if 0 < s.top_k < logits.shape[-1]:
         kth = logits.topk(s.top_k, dim=-1).values[:, -1:]
@@ -99,6 +104,9 @@ def filter_logits(logits: torch.Tensor, s: Settings) -> torch.Tensor:
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= s.top_p  # keep the smallest prefix reaching top_p (>= 1 id)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if s.min_p > 0:  # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
+        floor = logits.max(dim=-1, keepdim=True).values + math.log(s.min_p)
+        logits = logits.masked_fill(logits < floor, float("-inf"))
     return logits
 
 
@@ -338,7 +346,7 @@ class Sampler:
     def settings_json(self) -> dict:
         s = self.settings
         out = {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule, "temperature": s.temperature, "top_k": s.top_k,
-               "top_p": s.top_p, "grid": list(self.grid)}
+               "top_p": s.top_p, "min_p": s.min_p, "grid": list(self.grid)}
         if s.cfg_schedule == "interval":
             out["cfg_interval"] = list(s.cfg_interval)
         if self.keep is not None:
