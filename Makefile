@@ -117,10 +117,24 @@ $(RUNS)/tok-post/done: $(RUNS)/$(LAST)/done $(RUNS)/tok-dec/done
 		> $(DEMO)/post.json
 	touch $@
 
-FINAL_TOK = $(if $(POST_ARGS),tok-post,tok-dec)
+# a second post-training phase from the first's decoder (train-default: POST2_ARGS, with POST_ARGS): its own
+# warm-up and cosine, the same draws' settings unless it sets sampling.*. Empty: no such phase
+POST2_ARGS ?=
+$(RUNS)/tok-post2/done: $(RUNS)/tok-post/done
+	$(TIMED) post2 $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_post init_from=$(RUNS)/tok-post \
+		decoder_only=true resample_from=$(RUNS)/$(LAST) data.crop_size=null data.batch_size=8 run_dir=$(RUNS)/tok-post2 \
+		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-post2) $(TRAIN_ARGS) $(POST2_ARGS) > /dev/null
+	$(TIMED) post2 $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-post2 --no-jpeg --limit 500 \
+		> $(DEMO)/post2.json
+	touch $@
+
+# the last model exported with the last decoder; FINAL_SAMPLING (KEY=VALUE words, train-default): the sampling
+# settings its card recommends, which its evaluation (eval-final) and arimg sample then use
+FINAL_TOK = $(if $(POST2_ARGS),tok-post2,$(if $(POST_ARGS),tok-post,tok-dec))
+FINAL_SAMPLING ?=
 $(DEMO)/eval-final.json: $(RUNS)/$(LAST)/done $(RUNS)/$(FINAL_TOK)/done
 	$(TIMED) export $(ARIMG) export --ckpt $(RUNS)/$(LAST) --tokenizer $(RUNS)/$(FINAL_TOK) --out $(RUNS)/final \
-		--overwrite > /dev/null
+		$(addprefix --sampling ,$(FINAL_SAMPLING)) --overwrite > /dev/null
 	$(TIMED) eval-final $(ARIMG) eval generator --ckpt $(RUNS)/final $(DEMO_EVAL) out=$(DEMO)/eval-final > $@.tmp
 	mv $@.tmp $@
 
@@ -189,9 +203,10 @@ bench: install  ## every scripts/bench_*.py (installs the bench-only extra: tran
 # (32 per training prompt, 300 prompts per kind, the judge's yes/no, every accepted sample the chosen side of
 # one pair: 5,359 pairs) and DPO for two epochs over them (669 steps of 16 pairs), a second round the same way
 # from that DPO run's own samples (sampling seed 1: 5,912 pairs, 739 steps), a larger decoder trained alone on
-# the tokenizer's frozen codes (9,000 steps) and then post-trained on the last model's draws (6,000 steps), the
-# full evaluation of every stage and of the last model with that decoder, then `arimg export` and the README's
-# picture. About 360 minutes on 2 cores; interrupted, it continues where it stopped (the stages resume exactly)
+# the tokenizer's frozen codes (9,000 steps) and then post-trained on the last model's draws (6,000 steps, then
+# 3,000 more at half the lr), the full evaluation of every stage and of the last model with that decoder at the
+# sampling settings its card recommends (top-k 3, DEFAULT_SAMPLING), then `arimg export` and the README's
+# picture. About 380 minutes on 2 cores; interrupted, it continues where it stopped (the stages resume exactly)
 # when run again.
 DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO_N=100000 \
 	TOK_ARGS=trainer.max_steps=9000 PRETRAIN_ARGS=trainer.max_steps=18000 \
@@ -201,18 +216,21 @@ DEFAULT_ARGS = DEMO=data/default RUNS=runs/default SYNTH=data/default-synth DEMO
 	DEMO_DPO="trainer.max_steps=669 dpo.ntp_weight=1 trainer.compile=false" \
 	DEMO_PREFS2="reward=accept margin=0.5 pairs=disjoint k=32 per_kind=300 batch_size=64 seed=1" \
 	DEMO_DPO2="trainer.max_steps=739 dpo.ntp_weight=1 trainer.compile=false" DEMO_EVAL="'seeds=[0,1,2]'" \
-	DEC_ARGS=trainer.max_steps=9000 POST_ARGS=trainer.max_steps=6000
+	DEC_ARGS=trainer.max_steps=9000 POST_ARGS=trainer.max_steps=6000 \
+	POST2_ARGS="trainer.max_steps=3000 trainer.lr=2.5e-4 data.seed=1" FINAL_SAMPLING="$(DEFAULT_SAMPLING)"
+DEFAULT_SAMPLING = top_k=3
 
-train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 360 min on 2 cores; rerun to continue)
+train-default: $(VENV)/.installed  ## the bundled default model's recipe (about 380 min on 2 cores; rerun to continue)
 	$(MAKE) data/default/summary.md $(DEFAULT_ARGS)
-	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-post --out arlm/default/model \
-		--name arimg-default --overwrite --eval data/default/eval-final.json
+	$(ARIMG) export --ckpt runs/default/dpo2 --tokenizer runs/default/tok-post2 --out arlm/default/model \
+		$(addprefix --sampling ,$(DEFAULT_SAMPLING)) --name arimg-default --overwrite --eval data/default/eval-final.json
 	$(PY) scripts/model_sheet.py data/default/eval-final docs/default-model.png --per-kind 8
 	@cat data/default/summary.md
 
 clean-demo:  ## remove the demo's outputs (the next make demo starts from nothing)
 	rm -rf $(DEMO) $(SYNTH) $(SYNTH)-val $(SYNTH)-tok $(RUNS)/tok-gen $(RUNS)/pretrain $(RUNS)/pretrain-more \
-		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2 $(RUNS)/tok-dec $(RUNS)/tok-post $(RUNS)/final
+		$(RUNS)/pretrain-more2 $(RUNS)/sft $(RUNS)/dpo $(RUNS)/dpo2 $(RUNS)/tok-dec $(RUNS)/tok-post $(RUNS)/tok-post2 \
+		$(RUNS)/final
 
 clean: clean-demo  ## remove the virtualenv and the demo's outputs
 	rm -rf $(VENV)

@@ -45,6 +45,11 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _settings(report: dict) -> str:
+    s = report.get("settings") or {}
+    return ", ".join(f"{k} {s[k]:g}" for k in ("cfg", "temperature", "top_k") if isinstance(s.get(k), (int, float)))
+
+
 def _mmss(s: float) -> str:
     m, sec = divmod(round(s), 60)  # 239.9 s is 4:00, not 3:60
     return f"{m}:{sec:02d}"
@@ -67,7 +72,8 @@ def summary(demo: Path, runs: Path) -> str:
     if judge:
         lines.append(f"- the judge on {judge.get('n')} held-out synthetic images: {_pct(judge.get('accuracy'))} accepted")
     for name, label in (("tokenizer", "the tokenizer"), ("decoder", "the tokenizer with the decoder trained alone"),
-                        ("post", "that decoder post-trained on the last model's draws")):
+                        ("post", "that decoder post-trained on the last model's draws"),
+                        ("post2", "the same, post-trained further")):
         tok = _json(demo / f"{name}.json")
         if tok:
             lines.append(f"- {label}: {tok.get('psnr', float('nan')):.1f} dB PSNR on {tok.get('images')} held-out "
@@ -80,7 +86,7 @@ def summary(demo: Path, runs: Path) -> str:
                          f"{prefs.get('samples', 0) // max(1, prefs.get('prompts', 1))} samples")
     lines += ["", "Accepted by the judge, held-out prompts (`arimg eval generator`, "
               f"{_json(demo / 'eval-sft.json').get('n', '?')} images per stage):", "",
-              "| stage | " + " | ".join(KINDS) + " | overall | distinct grids |", "|---" * (len(KINDS) + 3) + "|"]
+              "| stage | " + " | ".join(KINDS) + " | overall | distinct grids | sampling |", "|---" * (len(KINDS) + 4) + "|"]
     for stage in STAGES:
         report = _json(demo / f"eval-{stage}.json")
         if not report:
@@ -88,12 +94,13 @@ def summary(demo: Path, runs: Path) -> str:
         per_kind = report.get("per_kind", {})
         cells = [_pct(per_kind.get(k, {}).get("accuracy")) for k in KINDS]
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {_pct(report.get('accuracy'))} | "
-                     f"{_pct((report.get('diversity') or {}).get('distinct_grids'))} |")
+                     f"{_pct((report.get('diversity') or {}).get('distinct_grids'))} | {_settings(report)} |")
     lines += ["", "Pictures:",
               f"- the synthetic set: {demo}/contact-sheet.png",
               f"- tokenizer reconstructions: {runs}/tok-gen/images/"
               + (f", {runs}/tok-dec/images/ (the decoder trained alone)" if (runs / "tok-dec").is_dir() else "")
-              + (f", {runs}/tok-post/images/ (post-trained)" if (runs / "tok-post").is_dir() else ""),
+              + (f", {runs}/tok-post/images/ (post-trained)" if (runs / "tok-post").is_dir() else "")
+              + (f", {runs}/tok-post2/images/ (post-trained further)" if (runs / "tok-post2").is_dir() else ""),
               "- training sample grids and loss plots: "
               + ", ".join(f"{runs}/{s}/images/" for s in STAGES
                           if s != "final" and ((runs / s).is_dir() or s not in OPTIONAL)),

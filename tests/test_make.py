@@ -203,3 +203,29 @@ def test_the_decoder_post_trained_on_the_last_models_draws(tmp_path):
     assert any(ln.startswith("eval tokenizer") and f"--tokenizer {runs}/tok-post " in ln + " " for ln in log)
     for line in log:
         check_parses(shlex.split(line))
+
+
+@pytest.mark.skipif(NO_MAKE, reason="no make")
+def test_a_second_post_phase_and_the_final_models_sampling(tmp_path):
+    """POST2_ARGS (train-default): a second post-training phase from the first's decoder, with which the last model
+    is exported; FINAL_SAMPLING: the settings that export's card recommends (its evaluation then uses them)."""
+    _fake_install(tmp_path)
+    code, log = _make(tmp_path, None, "DEC_ARGS=trainer.max_steps=11", "POST_ARGS=trainer.max_steps=5",
+                      "POST2_ARGS=trainer.max_steps=3 trainer.lr=1e-4", "FINAL_SAMPLING=top_k=3 temperature=0.9")
+    assert code == 0, log
+    runs = tmp_path / "runs"
+    post = [ln for ln in log if ln.startswith("train-tokenizer ") and f"run_dir={runs}/tok-post" in ln]
+    assert len(post) == 2 and f"run_dir={runs}/tok-post2 " in post[1] and f"init_from={runs}/tok-post " in post[1]
+    assert f"resample_from={runs}/dpo " in post[1] and post[1].endswith("trainer.max_steps=3 trainer.lr=1e-4")
+    export = [ln for ln in log if ln.startswith("export ")]
+    assert len(export) == 1 and f"--tokenizer {runs}/tok-post2 --out {runs}/final" in export[0]
+    assert "--sampling top_k=3 --sampling temperature=0.9" in export[0]
+    assert log.index(post[1]) < log.index(export[0])
+    for line in log:
+        check_parses(shlex.split(line))
+    # without them: one phase, and no recommendation
+    tmp = tmp_path / "one"
+    tmp.mkdir()
+    _fake_install(tmp)
+    code, log = _make(tmp, None, "DEC_ARGS=trainer.max_steps=11", "POST_ARGS=trainer.max_steps=5")
+    assert code == 0 and not any("tok-post2" in ln or "--sampling" in ln for ln in log), log
