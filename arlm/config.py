@@ -247,7 +247,8 @@ class SamplingConfig:
     cfg_schedule: str = "constant"  # constant | linear (1 -> cfg over the grid) | interval
     cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # interval: the grid fractions guided
     temperature: float = 1.0  # 0 = greedy
-    top_k: int = 10  # 0 = off; 10: measured on the bundled model (docs/sampling.md, "Why top-k 10")
+    top_k: int = 10  # 0 = off; 10: measured on an earlier bundled model (docs/sampling.md, "Why top-k 10"); a
+    # model card may recommend its own (the bundled model's: 3; docs/sampling.md, "A model's own settings")
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off; else keep the ids at least min_p times as likely as the likeliest (docs/sampling.md)
 

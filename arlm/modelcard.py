@@ -232,8 +232,8 @@ def export(path: str, out: str, evals: list[str] | tuple[str, ...] = (), name: s
     with a model card holding its lineage and the JSON reports in `evals` (e.g. `arimg eval generator`'s).
     `tokenizer`: pack this tokenizer instead, one with the same encoder and codebook (a decoder trained alone
     on the transformer's tokens). `sampling`: the settings the card recommends (checked, see
-    `parse_sampling`); None keeps those of a card exported before, {} records none. Written into a temporary folder and renamed into place: a kill leaves `out`
-    as it was."""
+    `parse_sampling`); None keeps those of a card exported before, {} records none. Written into a
+    temporary folder and renamed into place: a kill leaves `out` as it was."""
     from dataclasses import replace
 
     from safetensors.torch import save_file

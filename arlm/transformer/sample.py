@@ -22,7 +22,6 @@ Shapes: B images (rows 2B with guidance), P prefix columns, n = h*w visual token
 from __future__ import annotations
 
 import math
-
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
