@@ -109,23 +109,21 @@ $(RUNS)/tok-dec/done: $(RUNS)/tok-gen/done
 # caption and the image's true codes before it), the target the image: the decoder learns to draw what the
 # sampler writes. The last model is then exported with this decoder. Empty POST_ARGS: no such stage
 POST_ARGS ?=
+# $(call post_phase,NAME,FROM,OVERRIDES): a post-training phase into $(RUNS)/NAME from the decoder of run FROM
+post_phase = $(TIMED) $(1:tok-%=%) $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_post init_from=$(RUNS)/$(2) \
+		decoder_only=true resample_from=$(RUNS)/$(LAST) data.crop_size=null data.batch_size=8 run_dir=$(RUNS)/$(1) \
+		data.shards=$(SYNTH) $(call resume,$(RUNS)/$(1)) $(TRAIN_ARGS) $(3) > /dev/null && \
+	$(TIMED) $(1:tok-%=%) $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/$(1) --no-jpeg --limit 500 \
+		> $(DEMO)/$(1:tok-%=%).json
 $(RUNS)/tok-post/done: $(RUNS)/$(LAST)/done $(RUNS)/tok-dec/done
-	$(TIMED) post $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_post init_from=$(RUNS)/tok-dec \
-		decoder_only=true resample_from=$(RUNS)/$(LAST) data.crop_size=null data.batch_size=8 run_dir=$(RUNS)/tok-post \
-		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-post) $(TRAIN_ARGS) $(POST_ARGS) > /dev/null
-	$(TIMED) post $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-post --no-jpeg --limit 500 \
-		> $(DEMO)/post.json
+	$(call post_phase,tok-post,tok-dec,$(POST_ARGS))
 	touch $@
 
 # a second post-training phase from the first's decoder (train-default: POST2_ARGS, with POST_ARGS): its own
 # warm-up and cosine, the same draws' settings unless it sets sampling.*. Empty: no such phase
 POST2_ARGS ?=
 $(RUNS)/tok-post2/done: $(RUNS)/tok-post/done
-	$(TIMED) post2 $(ARIMG) train-tokenizer tokenizer=gen_dec trainer=tokenizer_post init_from=$(RUNS)/tok-post \
-		decoder_only=true resample_from=$(RUNS)/$(LAST) data.crop_size=null data.batch_size=8 run_dir=$(RUNS)/tok-post2 \
-		data.shards=$(SYNTH) $(call resume,$(RUNS)/tok-post2) $(TRAIN_ARGS) $(POST2_ARGS) > /dev/null
-	$(TIMED) post2 $(ARIMG) eval tokenizer $(SYNTH)-val --tokenizer $(RUNS)/tok-post2 --no-jpeg --limit 500 \
-		> $(DEMO)/post2.json
+	$(call post_phase,tok-post2,tok-post,$(POST2_ARGS))
 	touch $@
 
 # the last model exported with the last decoder; FINAL_SAMPLING (KEY=VALUE words, train-default): the sampling
