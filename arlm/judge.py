@@ -112,6 +112,7 @@ class Verdict:
     objects: tuple[dict, ...] = ()
     ocr: str | None = None  # what tesseract read (text captions)
     ink: str | None = None  # text captions: the most frequent ink colour (None: no ink)
+    word: str | None = None  # text captions: the word asked for
 
 
 INK = np.array(list(COLORS.values()), dtype=np.float32)  # (6, 3) object colours, in COLORS order
@@ -349,7 +350,7 @@ def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> V
     label, ink = _label(rgb, bg_rgb, cfg)
 
     def verdict(ok: bool, reason: str, **found) -> Verdict:
-        return Verdict(ok, exp.kind, reason, bg, **found)
+        return Verdict(ok, exp.kind, reason, bg, word=exp.word, **found)
 
     if exp.background is not None and bg != exp.background:
         return verdict(False, f"expected a {exp.background} background, found {bg or 'no palette colour'}")
@@ -462,8 +463,11 @@ def paired_change(before: Sequence[bool], after: Sequence[bool]) -> dict:
 
 
 def summarize(verdicts: Iterable[Verdict]) -> dict:
-    """{"n", "correct", "accuracy", "per_kind": {kind: {"n", "correct", "accuracy"}}, "unparsed"}."""
+    """{"n", "correct", "accuracy", "per_kind": {kind: {"n", "correct", "accuracy"}}, "unparsed"}; the text
+    kind also has "by_length": {letters: {"n", "correct", "accuracy"}}, as what a tokenizer keeps of a word
+    depends on its length (its font is as large as fits)."""
     per_kind: dict[str, list[int]] = {}
+    by_length: dict[int, list[int]] = {}
     n = correct = unparsed = 0
     for v in verdicts:
         n += 1
@@ -471,18 +475,23 @@ def summarize(verdicts: Iterable[Verdict]) -> dict:
         if v.kind is None:
             unparsed += 1
             continue
-        tally = per_kind.setdefault(v.kind, [0, 0])
-        tally[0] += 1
-        tally[1] += bool(v.ok)
+        for tally in [per_kind.setdefault(v.kind, [0, 0])] + ([by_length.setdefault(len(v.word), [0, 0])] if v.word else []):
+            tally[0] += 1
+            tally[1] += bool(v.ok)
 
     def acc(c: int, k: int) -> float | None:
         return c / k if k else None
 
-    kinds = sorted(per_kind, key=KINDS.index)
-    return {
+    def table(tallies: dict) -> dict:
+        return {str(k): {"n": kn, "correct": kc, "accuracy": acc(kc, kn)} for k, (kn, kc) in tallies.items()}
+
+    report = {
         "n": n,
         "correct": correct,
         "accuracy": acc(correct, n),
-        "per_kind": {k: {"n": kn, "correct": kc, "accuracy": acc(kc, kn)} for k in kinds for kn, kc in [per_kind[k]]},
+        "per_kind": table({k: per_kind[k] for k in sorted(per_kind, key=KINDS.index)}),
         "unparsed": unparsed,
     }
+    if by_length:
+        report["per_kind"]["text"]["by_length"] = table(dict(sorted(by_length.items())))
+    return report

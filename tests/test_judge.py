@@ -103,6 +103,15 @@ def test_summary(fresh):
     assert set(report["per_kind"]) == set(synth.KINDS)
     assert all(r["n"] == PER_KIND for r in report["per_kind"].values())
     assert report["correct"] == sum(v.ok for v in verdicts)
+    # the word kind, by the length of the word asked for: the same verdicts, split
+    words = [(s.caption.split('"')[1], v) for s, v in zip(samples, verdicts) if v.kind == "text"]
+    assert all(v.word == w for w, v in words)
+    lengths = report["per_kind"]["text"]["by_length"]
+    assert sorted(lengths) == sorted({str(len(w)) for w, _ in words})
+    for k, r in lengths.items():
+        assert r["n"] == sum(len(w) == int(k) for w, _ in words)
+        assert r["correct"] == sum(len(w) == int(k) and v.ok for w, v in words)
+    assert all("by_length" not in r for kind, r in report["per_kind"].items() if kind != "text")
 
 
 def test_non_square():

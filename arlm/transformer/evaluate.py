@@ -278,6 +278,11 @@ def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, sheets, out) -
                        "correct": sum(r["summary"]["per_kind"][k]["correct"] for r in runs),
                        "accuracy": statistics.fmean(accs), "spread": _spread(accs),
                        "score": statistics.fmean(r["summary"]["per_kind"][k]["score"] for r in runs)}
+        tables = [r["summary"]["per_kind"][k].get("by_length", {}) for r in runs]
+        if any(tables):  # the word kind by word length, pooled over the seeds
+            tallies = {L: (sum(t[L]["n"] for t in tables if L in t), sum(t[L]["correct"] for t in tables if L in t))
+                       for L in sorted({L for t in tables for L in t}, key=int)}
+            per_kind[k]["by_length"] = {L: {"n": n, "correct": c, "accuracy": c / n} for L, (n, c) in tallies.items()}
     overall = [r["summary"]["accuracy"] for r in runs]
     words = [r["words"]["accuracy"] for r in runs if r["words"]["accuracy"] is not None]
     distinct = [r["diversity"]["distinct_grids"] for r in runs if r["diversity"]["distinct_grids"] is not None]
