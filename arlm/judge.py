@@ -475,7 +475,10 @@ def summarize(verdicts: Iterable[Verdict]) -> dict:
         if v.kind is None:
             unparsed += 1
             continue
-        for tally in [per_kind.setdefault(v.kind, [0, 0])] + ([by_length.setdefault(len(v.word), [0, 0])] if v.word else []):
+        tallies = [per_kind.setdefault(v.kind, [0, 0])]
+        if v.word:
+            tallies.append(by_length.setdefault(len(v.word), [0, 0]))
+        for tally in tallies:
             tally[0] += 1
             tally[1] += bool(v.ok)
 

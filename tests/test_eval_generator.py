@@ -35,7 +35,8 @@ def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):
     assert sum(r["n"] for r in lengths.values()) == report["per_kind"]["text"]["n"]
     assert sum(r["correct"] for r in lengths.values()) == report["per_kind"]["text"]["correct"]
     words = [p.split('"')[1] for p in grammar_prompts(["text"], 2, 1)]
-    assert {int(k): r["n"] for k, r in lengths.items()} == {len(w): 2 * 2 * sum(len(v) == len(w) for v in words) for w in words}
+    expected = {len(w): 2 * 2 * sum(len(v) == len(w) for v in words) for w in words}  # images x seeds
+    assert {int(k): r["n"] for k, r in lengths.items()} == expected
     rows = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(rows) == report["n"]
     assert sum(r["ok"] for r in rows) == sum(v["correct"] for v in report["per_kind"].values())
