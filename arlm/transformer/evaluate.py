@@ -227,7 +227,7 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
     jobs = image_jobs(parsed, cfg.n)
     shared = parallel.share(jobs, rank, world)  # this rank's jobs
     index = {p: k for k, p in enumerate(dict.fromkeys(parsed))}  # file names by prompt number
-    runs, records = [], []
+    runs, records, every = [], [], []  # every: all seeds' verdicts, for the pooled figures
     with progress() as bar, (out / "verdicts.jsonl").open("w") if rank == 0 else contextlib.nullcontext() as details:
         task = bar.add_task("eval generator", total=len(shared) * len(cfg.seeds), info="")
         for seed in cfg.seeds:
@@ -248,6 +248,7 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
                 details.write(json.dumps({"path": str(path), "prompt": p, "seed": seed, "kind": v.kind, "ok": v.ok,
                                           "score": round(sc, 4), "reason": v.reason}) + "\n")
             verdicts = [j.verdict for j in judged]
+            every += verdicts
             summary = summarize(verdicts)
             for kind, row in summary["per_kind"].items():
                 row["score"] = statistics.fmean(sc for j, sc in zip(judged, scores) if j.verdict.kind == kind)
@@ -266,10 +267,10 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
         labels, marks = verdict_labels(mine)
         sheets[kind] = str(out / f"sheet-{kind}.png")
         contact_sheet([j.image for j in mine], labels, cols=cfg.n * max(1, 8 // cfg.n), marks=marks).save(sheets[kind])
-    return _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, sheets, out)
+    return _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, summarize(every), sheets, out)
 
 
-def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, sheets, out) -> dict:
+def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, pooled, sheets, out) -> dict:
     kinds = list(runs[0]["summary"]["per_kind"])
     per_kind = {}
     for k in kinds:
@@ -278,11 +279,8 @@ def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, sheets, out) -
                        "correct": sum(r["summary"]["per_kind"][k]["correct"] for r in runs),
                        "accuracy": statistics.fmean(accs), "spread": _spread(accs),
                        "score": statistics.fmean(r["summary"]["per_kind"][k]["score"] for r in runs)}
-        tables = [r["summary"]["per_kind"][k].get("by_length", {}) for r in runs]
-        if any(tables):  # the word kind by word length, pooled over the seeds
-            tallies = {L: (sum(t[L]["n"] for t in tables if L in t), sum(t[L]["correct"] for t in tables if L in t))
-                       for L in sorted({L for t in tables for L in t}, key=int)}
-            per_kind[k]["by_length"] = {L: {"n": n, "correct": c, "accuracy": c / n} for L, (n, c) in tallies.items()}
+        if "by_length" in pooled["per_kind"][k]:  # the word kind by word length, pooled over the seeds
+            per_kind[k]["by_length"] = pooled["per_kind"][k]["by_length"]
     overall = [r["summary"]["accuracy"] for r in runs]
     words = [r["words"]["accuracy"] for r in runs if r["words"]["accuracy"] is not None]
     distinct = [r["diversity"]["distinct_grids"] for r in runs if r["diversity"]["distinct_grids"] is not None]
