@@ -106,6 +106,10 @@ class TokenizerConfig:
     # of a tokenizer (train-tokenizer decoder_only=true) may be larger than its encoder: the tokens stay the same
     decoder_channels: Optional[int] = None
     decoder_res_blocks: Optional[int] = None
+    # transformer blocks over the decoder's token grid, before its middle block: what a position draws may then
+    # depend on every token of the image (0: none, the decoder of before); heads per block
+    decoder_attn: int = 0
+    decoder_heads: int = 4
     norm: str = "group"  # group | none
     mid_attn: bool = False  # self-attention at the lowest resolution
     stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size

@@ -66,7 +66,8 @@ def test_loss_goes_down_on_a_fixed_batch(synth_dir):
 
 @pytest.mark.parametrize("quantizer,extra", [("vq", {}), ("vq", {"ema": True, "dead_threshold": 1.0}),
                                              ("fsq", {"code_dim": 4, "fsq_levels": [5, 5, 4, 4]}),
-                                             ("lfq", {"code_dim": 6})])
+                                             ("lfq", {"code_dim": 6}),
+                                             ("vq", {"decoder_attn": 2, "decoder_heads": 2})])
 def test_decoding_the_indices_gives_the_reconstruction(quantizer, extra):
     torch.manual_seed(0)
     cfg = TokenizerConfig(quantizer=quantizer, downsample=4, channels=16, channel_mult=[1, 2, 2], codebook_size=64,
@@ -105,6 +106,10 @@ def test_bad_sizes_and_configs():
         Tokenizer(TokenizerConfig(downsample=8, channel_mult=[1, 2, 2]))
     with pytest.raises(ConfigError, match="quantizer"):
         Tokenizer(TokenizerConfig(quantizer="rvq", downsample=4, channel_mult=[1, 2, 2]))
+    with pytest.raises(ConfigError, match="decoder_heads"):  # 32 channels at the lowest resolution, 3 heads
+        Tokenizer(TokenizerConfig(downsample=4, channels=16, channel_mult=[1, 2, 2], decoder_attn=1, decoder_heads=3))
+    with pytest.raises(ConfigError, match="decoder_attn"):
+        Tokenizer(TokenizerConfig(downsample=4, channels=16, channel_mult=[1, 2, 2], decoder_attn=-1))
 
 
 def _resume_run(tmp_path, synth_dir, extra):
@@ -208,6 +213,19 @@ def test_decoder_only_keeps_the_tokens_and_trains_a_larger_decoder(tmp_path, syn
                     "trainer.lr=0", name="same")
     kept = checkpoint.load_weights(checkpoint.latest(train(same)))
     assert all(torch.equal(src[k], kept[k]) for k in src)
+    # context blocks added to that decoder: it goes on from it, the blocks starting as the identity (the same
+    # images at lr 0, up to rounding), and they learn
+    ctx = ("decoder_only=true", "tokenizer.decoder_attn=2", "tokenizer.decoder_heads=2")
+    still = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", *ctx, "trainer.max_steps=1", "trainer.lr=0",
+                           name="ctx0"))
+    with_ctx = load_tokenizer(still, "cpu")
+    assert with_ctx.model.cfg.decoder_attn == 2 and torch.equal(with_ctx.encode(images), codes)
+    assert torch.allclose(with_ctx.decode(codes).float(), old.decode(codes).float(), atol=1)  # uint8 images
+    learnt = checkpoint.load_weights(checkpoint.latest(train(tiny_cfg(
+        tmp_path, synth_dir, f"init_from={still}", *ctx, "trainer.max_steps=2", name="ctx"))))
+    zeros = [k for k in learnt if k.startswith("decoder.context.") and k.endswith("proj.weight")]
+    assert zeros and all(learnt[k].abs().sum() > 0 for k in zeros)
+    assert all(torch.equal(src[k], learnt[k]) for k in frozen)
     # token noise: the decoder learns from corrupted tokens, the encoder and codebook stay as they were
     noisy = checkpoint.load_weights(checkpoint.latest(train(tiny_cfg(
         tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "tokenizer.loss.token_noise=0.3",

@@ -68,6 +68,58 @@ class AttnBlock(nn.Module):
         return x + self.proj(y)
 
 
+def grid_positions(h: int, w: int, ch: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions (h * w, ch) for any grid: a quarter of the channels each for sin and cos
+    of the row and of the column, at geometric frequencies (MAE's 2-D form of the transformer's)."""
+    quarter = ch // 4
+    freq = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1))
+    rows = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freq  # (h, quarter)
+    cols = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freq  # (w, quarter)
+    pos = torch.cat([rows.sin()[:, None].expand(h, w, quarter), rows.cos()[:, None].expand(h, w, quarter),
+                     cols.sin()[None].expand(h, w, quarter), cols.cos()[None].expand(h, w, quarter)], dim=-1)
+    return F.pad(pos.reshape(h * w, 4 * quarter), (0, ch - 4 * quarter))
+
+
+class GridBlock(nn.Module):
+    """A pre-norm transformer block (multi-head self-attention, then an MLP) over every position of the
+    decoder's lowest-resolution grid, so that what a position draws can depend on the whole image's tokens
+    rather than on its neighbours' alone. Both branches end in zero-initialised projections: a block added to a
+    trained decoder starts as the identity."""
+
+    def __init__(self, ch: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(ch), nn.Linear(ch, 3 * ch), nn.Linear(ch, ch)
+        self.norm2 = nn.LayerNorm(ch)
+        self.mlp = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
+        for layer in (self.proj, self.mlp[-1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B, N, C)
+        b, n, c = t.shape
+        q, k, v = self.qkv(self.norm1(t)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        return t + self.mlp(self.norm2(t))
+
+
+class GridContext(nn.Module):
+    """`decoder_attn` GridBlocks on the feature map (B, C, h, w); the positions are added before the first and taken
+    off after the last, so that blocks at their initial zeros leave the map as it was."""
+
+    def __init__(self, ch: int, blocks: int, heads: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(GridBlock(ch, heads) for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        pos = grid_positions(h, w, c, x.device).to(x.dtype)
+        t = x.flatten(2).transpose(1, 2) + pos
+        for block in self.blocks:
+            t = block(t)
+        return (t - pos).transpose(1, 2).reshape(b, c, h, w)
+
+
 def _mid(ch: int, cfg: TokenizerConfig) -> nn.Sequential:
     blocks = [ResBlock(ch, ch, cfg.norm)]
     if cfg.mid_attn:
@@ -105,6 +157,8 @@ class Decoder(nn.Module):
         chs = [(cfg.decoder_channels or cfg.channels) * m for m in cfg.channel_mult][::-1]
         ch = chs[0]
         self.inp = nn.Conv2d(cfg.code_dim, ch, 3, padding=1)
+        # global context over the token grid (decoder_attn blocks); absent, the checkpoint's keys are those of before
+        self.context = GridContext(ch, cfg.decoder_attn, cfg.decoder_heads) if cfg.decoder_attn else nn.Identity()
         self.mid = _mid(ch, cfg)
         layers: list[nn.Module] = []
         for i, ch_out in enumerate(chs):
@@ -120,7 +174,7 @@ class Decoder(nn.Module):
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(self.up(self.mid(self.inp(z))))  # (B, 3, H, W)
+        return self.out(self.up(self.mid(self.context(self.inp(z)))))  # (B, 3, H, W)
 
 
 def build_quantizer(cfg: TokenizerConfig) -> nn.Module:
@@ -145,6 +199,13 @@ def check_config(cfg: TokenizerConfig) -> None:
     for key in ("decoder_channels", "decoder_res_blocks"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"tokenizer.{key} must be at least 1 (or null: the encoder's), got {getattr(cfg, key)}")
+    if cfg.decoder_attn < 0 or cfg.decoder_heads < 1:
+        raise ConfigError(f"tokenizer.decoder_attn must be at least 0 and tokenizer.decoder_heads at least 1; got "
+                          f"{cfg.decoder_attn} and {cfg.decoder_heads}")
+    width = (cfg.decoder_channels or cfg.channels) * cfg.channel_mult[-1]
+    if cfg.decoder_attn and width % cfg.decoder_heads:
+        raise ConfigError(f"tokenizer.decoder_heads ({cfg.decoder_heads}) must divide the decoder's lowest-resolution "
+                          f"width ({width})")
     if cfg.norm not in ("group", "none"):
         raise ConfigError(f"tokenizer.norm must be group or none, got {cfg.norm!r}")
 

@@ -297,23 +297,35 @@ def train_mode(model: Tokenizer, decoder_only: bool) -> None:
         model.quantizer.eval()
 
 
+DECODER_KEYS = ("decoder_channels", "decoder_res_blocks", "decoder_attn", "decoder_heads", "loss")
+
+
 def load_frozen(model: Tokenizer, init: Path) -> None:
     """decoder_only: the encoder and quantizer of checkpoint `init`, which must be built as this model's are
-    (every tokenizer key but the decoder's width and depth and the loss); its decoder too when the shapes
-    match (training goes on from it), else the decoder starts afresh."""
+    (every tokenizer key but the decoder's own and the loss); its decoder too when the shapes match, or when
+    this decoder is that one with context blocks added (`decoder_attn`: training goes on from it, the new blocks
+    starting as the identity), else the decoder starts afresh."""
     theirs = checkpoint.load_config(init, TrainTokenizerConfig).tokenizer
     for f in dataclasses.fields(TokenizerConfig):
         want, got = getattr(theirs, f.name), getattr(model.cfg, f.name)
-        if f.name not in ("decoder_channels", "decoder_res_blocks", "loss") and want != got:
+        if f.name not in DECODER_KEYS and want != got:
             raise ConfigError(f"decoder_only=true keeps the encoder and codebook of {init}: tokenizer.{f.name} must "
                               f"be {want!r} as there, got {got!r}")
     weights = checkpoint.load_reader_weights(init)  # the weights that made the tokens (the EMA's, if kept)
     own = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
-    same = {k: v.shape for k, v in weights.items() if k.startswith("decoder.")} == {k: v.shape for k, v in own.items()}
-    if not same:
+    theirs_dec = {k: v.shape for k, v in weights.items() if k.startswith("decoder.")}
+    added = {k for k in own if k not in theirs_dec}
+    # the same decoder, or it with context blocks added (which start as the identity): training goes on from it
+    kept = all(k in own and own[k].shape == shape for k, shape in theirs_dec.items()) and \
+        all(k.startswith("decoder.context.") for k in added)
+    if kept:
+        weights = {**weights, **{k: own[k] for k in added}}
+    else:
         weights = {**{k: v for k, v in weights.items() if not k.startswith("decoder.")}, **own}
     checkpoint.load_into(model, weights, init)
-    log.info("encoder and codebook from %s (frozen); decoder %s", init, "from it" if same else "new")
+    how = ("from it" + (f", {len({k.split('.')[3] for k in added})} context blocks added" if added else "")) \
+        if kept else "new"
+    log.info("encoder and codebook from %s (frozen); decoder %s", init, how)
 
 
 @torch.no_grad()
