@@ -216,6 +216,11 @@ class TransformerLossConfig:
     text_weight: float = 0.1  # pretrain: weight of the text and layout targets against the visual ones
     visual_only: bool = False  # sft: loss on the visual tokens only
     z_loss: float = 0.0  # weight of log(Z)^2 of the logits (PaLM), keeps the softmax normaliser near 0
+    # next-patch prediction (NPP, Pang et al., 2024), pretrain and sft: the visual tokens enter in patch x patch
+    # groups (their embeddings averaged: a sequence patch^2 times shorter) and each position is trained to
+    # predict every token of the next group. 1: next-token prediction. A cheaper first phase: a later phase at 1
+    # (init_from) makes the model a next-token sampler again
+    patch: int = 1
 
 
 @dataclass

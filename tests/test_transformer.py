@@ -15,8 +15,9 @@ import torch
 from arlm import checkpoint
 from arlm.judge import parse_caption
 from arlm.config import ModelConfig, TokenDataConfig, compose, to_object
+from arlm.errors import ConfigError
 from arlm.transformer.data import Batches, token_info
-from arlm.transformer.model import KVCache, Transformer
+from arlm.transformer.model import KVCache, Transformer, rope_angles
 from arlm.transformer.sample import generate, load_model
 from arlm.transformer.sequence import PAD_R, TEXT_R, VISUAL_R, Vocab, positions, top_words
 from arlm.transformer.train import read_vocab, train
@@ -157,6 +158,68 @@ def test_loss_goes_down_on_a_fixed_batch():
     assert losses[-1] < 0.2 * losses[0]
 
 
+def _token_batch(vocab, caps, h, w, seed=0):
+    torch.manual_seed(seed)
+    codes = torch.randint(0, vocab.codebook_size, (len(caps), h * w))
+    L = max(len(c) for c in caps)
+    text = torch.zeros(len(caps), L, dtype=torch.uint8)
+    for i, c in enumerate(caps):
+        text[i, :len(c)] = torch.tensor(list(c.encode()), dtype=torch.uint8)
+    return vocab.build(text, torch.tensor([len(c) for c in caps]), codes, h, w, vocab.seq_len(L, h, w) + 1)
+
+
+def test_next_patch_at_one_is_next_token_and_at_two_predicts_each_next_group():
+    from arlm.config import TrainTransformerConfig
+    from arlm.transformer.objectives import NextPatch, NextToken
+
+    vocab, (h, w) = Vocab(codebook_size=16), (4, 6)
+    micro = _token_batch(vocab, ["a red circle", "x", ""], h, w)
+    tokens, pos, region = micro
+    model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64), vocab.padded_size)
+    cfg = TrainTransformerConfig()
+    cfg.loss.z_loss = 1e-3
+    plain, stats = NextToken(cfg, torch.device("cpu"))(model, micro)
+    one = NextPatch(cfg, torch.device("cpu"), (h, w))  # patch 1: the same loss, statistics and normaliser
+    got, got_stats = one(model, micro)
+    torch.testing.assert_close(got, plain)
+    torch.testing.assert_close(got_stats, stats)
+    assert one.norm(micro) == NextToken(cfg, torch.device("cpu")).norm(micro)
+    cfg.loss.patch = 2
+    two = NextPatch(cfg, torch.device("cpu"), (h, w))
+    obj, stats = two(model, micro)
+    # by hand: per sequence, positions = the text/layout tokens, the 2x2 groups in raster order, the end tokens;
+    # a position's input is its tokens' mean embedding, its loss the mean cross-entropy of the next position's
+    weights = two.weights
+    want_obj, want_norm = torch.zeros(()), torch.zeros(())
+    for i in range(tokens.shape[0]):
+        v0 = int((region[i] == VISUAL_R).int().argmax())
+        items = [[t] for t in range(v0)]
+        items += [[v0 + (gi * 2 + a) * w + gj * 2 + b for a in (0, 1) for b in (0, 1)]
+                  for gi in range(h // 2) for gj in range(w // 2)]
+        items += [[t] for t in range(v0 + h * w, tokens.shape[1])]
+        x = torch.stack([model.embed.weight[tokens[i, ix]].mean(0) for ix in items])
+        p = torch.stack([pos[i, ix].float().mean(0) for ix in items])
+        cos, sin = rope_angles(p[None], 8, model.cfg.rope_theta, True)
+        for block in model.blocks:
+            x = block(x[None] if x.dim() == 2 else x, cos, sin)
+        logits = model.head(model.norm(x))[0]
+        for t in range(len(items) - 1):
+            nxt = items[t + 1]
+            lse = logits[t].logsumexp(-1)
+            for k in nxt:
+                wk = weights[region[i, k]] / len(nxt)
+                want_obj = want_obj + wk * (lse - logits[t, tokens[i, k]])
+                want_norm = want_norm + wk
+            if weights[region[i, nxt]].sum() > 0:
+                want_obj = want_obj + 1e-3 * lse ** 2
+    torch.testing.assert_close(obj, want_obj, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(two.norm(micro), want_norm)
+    assert float(stats[3]) == tokens.shape[0] * h * w / 4  # each group's tokens count as one position
+    with pytest.raises(ConfigError, match="divide the token grid"):
+        cfg.loss.patch = 4
+        NextPatch(cfg, torch.device("cpu"), (h, w))
+
+
 def test_sampler_emits_whole_grids_reproducibly():
     torch.manual_seed(0)
     vocab = Vocab(codebook_size=20)
@@ -232,6 +295,19 @@ def test_sft_starts_from_pretrain_and_learns_visual_tokens_only(tmp_path, token_
         assert r["loss"] == pytest.approx(r["loss_visual"], rel=1e-5)  # visual tokens only
     first_pre = loss_rows(pretrain_run)[0]["loss_visual"]
     assert loss_rows(tmp_path / "sft")[0]["loss_visual"] < first_pre  # it starts from the trained weights
+
+
+def test_a_next_patch_phase_then_a_next_token_phase(tmp_path, token_dir, run_cli):
+    """loss.patch=2 trains on 2x2 groups of the 8x8 grid; a next-token phase starts from its weights."""
+    npp = train(cfg_of("pretrain", token_dir, tmp_path / "npp", "loss.patch=2", "trainer.image_every=100"))
+    r = loss_rows(npp)
+    assert [x["step"] for x in r] == [1, 2, 3, 4] and all(0 < x["loss_visual"] < 20 for x in r)
+    ntp = train(cfg_of("pretrain", token_dir, tmp_path / "ntp", f"init_from={npp}", "trainer.image_every=100"))
+    start = checkpoint.load_weights(checkpoint.resolve(npp, "transformer"))
+    assert loss_rows(ntp) and start.keys() == checkpoint.load_weights(checkpoint.resolve(ntp, "transformer")).keys()
+    code, _, err = run_cli("dpo", f"init_from={npp}", "loss.patch=2", f"run_dir={tmp_path / 'dpo'}")
+    errors = [ln for ln in err.splitlines() if ln.startswith("arimg: error:")]
+    assert code == 2 and len(errors) == 1 and "loss.patch" in errors[0] and "Traceback" not in err
 
 
 def test_resume_continues_the_same_run(tmp_path, token_dir):

@@ -168,12 +168,18 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, std=self.cfg.init_std)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None, last_only: bool = False, rows: slice | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, last_only: bool = False, rows: slice | None = None,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T) at rope positions (B, T, 2). With a cache, the tokens follow
         the `cache.length` already in it. `mask` (B, 1, T, T_total) bool, True = may attend, overrides causal.
-        A sampler asks for the last position only and for the head `rows` it draws from (B, 1, len(rows))."""
+        A sampler asks for the last position only and for the head `rows` it draws from (B, 1, len(rows)).
+        `groups` (B, T', G): position t' of the input is the mean embedding of the tokens at groups[:, t']
+        (next-patch training, arlm.transformer.objectives.NextPatch); `pos` is then (B, T', 2)."""
         cos, sin = rope_angles(pos, self.cfg.dim // self.cfg.n_heads, self.cfg.rope_theta, self.cfg.rope == "2d")
         x = self.embed(tokens)  # (B, T, D)
+        if groups is not None:
+            b, t2, g = groups.shape
+            x = x.gather(1, groups.reshape(b, t2 * g, 1).expand(-1, -1, x.shape[-1])).view(b, t2, g, -1).mean(2)
         for block in self.blocks:
             x = block(x, cos, sin, cache, mask)
         if cache is not None:

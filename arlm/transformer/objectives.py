@@ -6,6 +6,7 @@ so gradient accumulation and N processes give the gradient of one big batch; the
 vector of sums that the loop adds up between log steps and turns into named metrics (`metrics`).
 
 - `NextToken`: pretrain and sft, weighted next-token cross-entropy (+ z-loss).
+- `NextPatch`: the same with the visual tokens in p x p groups (`loss.patch`), next-patch prediction.
 - the preference objective of `arimg dpo` lives in arlm.transformer.dpo.
 
 `sequence_logps` is the per-sequence log-likelihood of the visual tokens that preference data and DPO need
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from arlm.config import TrainTransformerConfig
+from arlm.errors import ConfigError
 from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R
 
 
@@ -73,3 +75,60 @@ class NextToken:
 
     def metrics(self, s: list[float]) -> dict[str, float]:
         return {"loss": s[0] / s[1], "loss_visual": s[2] / max(s[3], 1)}
+
+
+class NextPatch(NextToken):
+    """Next-patch prediction (NPP, Pang et al., 2024), `loss.patch` = p > 1: the grid's visual tokens enter as
+    p x p groups, each one position whose input is the mean of its tokens' embeddings (at the mean of their
+    rope positions), in raster order of the groups; text, layout and end tokens stay one position each. A
+    position's targets are the tokens of the position after it: one token, or the p^2 tokens of the next
+    group, each with a p^2-th of its weight (the mean cross-entropy of the group, under the one distribution
+    the position predicts). The sequence is p^2 times shorter over the image, so a step costs a fraction of a
+    next-token step; the model is not yet a next-token sampler, which a later phase at patch 1 makes it."""
+
+    def __init__(self, cfg: TrainTransformerConfig, device: torch.device, grid: tuple[int, int]) -> None:
+        super().__init__(cfg, device)
+        p, (h, w) = cfg.loss.patch, grid
+        if h % p or w % p:
+            raise ConfigError(f"loss.patch={p} must divide the token grid {h}x{w}")
+        self.p, self.n = p, h * w
+        gi, gj = torch.meshgrid(torch.arange(h // p), torch.arange(w // p), indexing="ij")  # group (row, col)
+        a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")  # place within a group
+        rows, cols = gi.reshape(-1, 1) * p + a.reshape(1, -1), gj.reshape(-1, 1) * p + b.reshape(1, -1)
+        self.offsets = (rows * w + cols).to(device)  # (groups, p^2): raster index of each group's tokens
+
+    def groups(self, region: torch.Tensor) -> torch.Tensor:
+        """(B, T') token indices of each new position's group (B, T', p^2); a single token repeats p^2 times."""
+        vis = region == VISUAL_R
+        if not bool((vis.sum(1) == self.n).all()):
+            raise ConfigError(f"loss.patch needs every sequence to hold the {self.n} tokens of the data's grid")
+        v0 = vis.int().argmax(1, keepdim=True)  # (B, 1) the first visual token
+        m = self.offsets.shape[0]
+        j = torch.arange(region.shape[1] - self.n + m, device=region.device).unsqueeze(0)  # (1, T')
+        k = j - v0
+        single = torch.where(k < 0, j, j + self.n - m).unsqueeze(-1).expand(-1, -1, self.p ** 2)
+        grouped = v0.unsqueeze(-1) + self.offsets[k.clamp(0, m - 1)]
+        return torch.where(((k >= 0) & (k < m)).unsqueeze(-1), grouped, single)
+
+    def norm(self, micro) -> torch.Tensor:
+        src = self.groups(micro[2])
+        return self.weights[micro[2].gather(1, src[:, 1:].flatten(1))].sum() / self.p ** 2
+
+    def __call__(self, net, micro) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, pos, region = micro
+        src = self.groups(region)  # (B, T', G)
+        b, t2, g = src.shape
+        at = src.flatten(1)  # (B, T' G)
+        pos2 = pos.float().gather(1, at.unsqueeze(-1).expand(-1, -1, 2)).view(b, t2, g, 2).mean(2)
+        logits = net(tokens, pos2[:, :-1], groups=src[:, :-1]).float()  # (B, T'-1, V)
+        targets = tokens.gather(1, at).view(b, t2, g)[:, 1:]  # (B, T'-1, G)
+        reg = region.gather(1, at).view(b, t2, g)[:, 1:]
+        weights = self.weights[reg] / g
+        lse = logits.logsumexp(-1)  # (B, T'-1)
+        ce = lse.unsqueeze(-1) - logits.gather(-1, targets)  # (B, T'-1, G)
+        obj = (ce * weights).sum()
+        if self.z_loss > 0:
+            obj = obj + self.z_loss * (lse.pow(2) * (weights.sum(-1) > 0)).sum()
+        vis = (reg == VISUAL_R).float() / g
+        stats = torch.stack([(ce * weights).sum(), weights.sum(), (ce * vis).sum(), vis.sum()]).detach()
+        return obj, stats

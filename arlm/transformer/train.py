@@ -40,7 +40,7 @@ from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
-from arlm.transformer.objectives import NextToken
+from arlm.transformer.objectives import NextPatch, NextToken
 from arlm.transformer.evaluate import sample_and_judge, verdict_labels
 from arlm.transformer.sample import Settings, check_prompt, image_seed
 from arlm.transformer.sequence import LayoutError, Vocab
@@ -88,7 +88,8 @@ def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transfo
         return (grpo.OnlineBatches(cfg, vocab, info, model, device, precision, rank, world, cfg.trainer.grad_accum),
                 grpo.GroupReward(cfg.grpo))
     if cfg.stage != "dpo":
-        return Batches(cfg.data, *args), NextToken(cfg, device)
+        objective = NextPatch(cfg, device, tuple(info.grid)) if cfg.loss.patch > 1 else NextToken(cfg, device)
+        return Batches(cfg.data, *args), objective
     from arlm.transformer import dpo
 
     dpo.check_config(cfg.dpo)  # before loading a reference model
@@ -108,6 +109,9 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
     tc = cfg.trainer
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
+    if cfg.loss.patch < 1 or (cfg.loss.patch > 1 and cfg.stage not in ("pretrain", "sft")):
+        raise ConfigError(f"loss.patch must be 1, or more for pretrain and sft only; got {cfg.loss.patch} for "
+                          f"{cfg.stage}")
     if tc.grad_accum < 1:
         raise ConfigError("trainer.grad_accum must be at least 1")
     with parallel.launched(resolve_device(tc.device), writes=cfg.run_dir) as (rank, world, device):
