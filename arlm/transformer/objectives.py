@@ -97,14 +97,19 @@ class NextPatch(NextToken):
         rows, cols = gi.reshape(-1, 1) * p + a.reshape(1, -1), gj.reshape(-1, 1) * p + b.reshape(1, -1)
         self.offsets = (rows * w + cols).to(device)  # (groups, p^2): raster index of each group's tokens
 
+    def positions(self, seq_len: int) -> int:
+        """The length of the shorter sequence of a `seq_len`-token one."""
+        return seq_len - self.n + self.offsets.shape[0]
+
     def groups(self, region: torch.Tensor) -> torch.Tensor:
-        """(B, T') token indices of each new position's group (B, T', p^2); a single token repeats p^2 times."""
+        """Token indices (B, T', p^2) of each position of the shorter sequence: a group's p^2 tokens, or one
+        token p^2 times."""
         vis = region == VISUAL_R
         if not bool((vis.sum(1) == self.n).all()):
             raise ConfigError(f"loss.patch needs every sequence to hold the {self.n} tokens of the data's grid")
         v0 = vis.int().argmax(1, keepdim=True)  # (B, 1) the first visual token
         m = self.offsets.shape[0]
-        j = torch.arange(region.shape[1] - self.n + m, device=region.device).unsqueeze(0)  # (1, T')
+        j = torch.arange(self.positions(region.shape[1]), device=region.device).unsqueeze(0)  # (1, T')
         k = j - v0
         single = torch.where(k < 0, j, j + self.n - m).unsqueeze(-1).expand(-1, -1, self.p ** 2)
         grouped = v0.unsqueeze(-1) + self.offsets[k.clamp(0, m - 1)]

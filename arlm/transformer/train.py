@@ -187,6 +187,9 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         (run / VOCAB_FILE).write_text(vocab.to_json())
     metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
     flops_tok = model.flops_per_token(batches.seq_len)
+    if isinstance(objective, NextPatch):  # the model runs over the shorter sequence: FLOPs per data token
+        short = objective.positions(batches.seq_len)
+        flops_tok = model.flops_per_token(short) * short / batches.seq_len
     peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
     log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
              cfg.stage, model.num_params() / 1e6, batches.tokens_per_step // batches.seq_len, batches.seq_len, world,
