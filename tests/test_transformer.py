@@ -299,9 +299,11 @@ def test_sft_starts_from_pretrain_and_learns_visual_tokens_only(tmp_path, token_
 
 def test_a_next_patch_phase_then_a_next_token_phase(tmp_path, token_dir, run_cli):
     """loss.patch=2 trains on 2x2 groups of the 8x8 grid; a next-token phase starts from its weights."""
-    npp = train(cfg_of("pretrain", token_dir, tmp_path / "npp", "loss.patch=2", "trainer.image_every=100"))
+    npp = train(cfg_of("pretrain", token_dir, tmp_path / "npp", "loss.patch=2", "trainer.image_every=2"))
     r = loss_rows(npp)
     assert [x["step"] for x in r] == [1, 2, 3, 4] and all(0 < x["loss_visual"] < 20 for x in r)
+    assert not (npp / "images").exists() or not any((npp / "images").iterdir())  # no sampler yet: no grids
+    assert not any("judge" in x for x in rows(npp))
     ntp = train(cfg_of("pretrain", token_dir, tmp_path / "ntp", f"init_from={npp}", "trainer.image_every=100"))
     start = checkpoint.load_weights(checkpoint.resolve(npp, "transformer"))
     assert loss_rows(ntp) and start.keys() == checkpoint.load_weights(checkpoint.resolve(ntp, "transformer")).keys()

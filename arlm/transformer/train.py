@@ -268,6 +268,9 @@ class SamplePictures:
         self.plots = plots  # the objective's: file name -> (metrics, log scale)
         self._tokenizer = None
         self.enabled = bool(cfg.sample.prompts) and cfg.sample.n > 0
+        if self.enabled and cfg.loss.patch > 1:  # not a next-token sampler until a phase at patch 1
+            log.info("no sample grids while loss.patch=%d: the model predicts groups of tokens", cfg.loss.patch)
+            self.enabled = False
         if self.enabled:  # decided alike in every process: under FSDP all of them must sample together
             try:
                 checkpoint.resolve(vocab.tokenizer, "tokenizer")
