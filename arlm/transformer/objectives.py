@@ -35,14 +35,18 @@ def region_weights(cfg: TrainTransformerConfig, device: torch.device) -> torch.T
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, region: torch.Tensor,
                z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(objective sum, stats) in fp32: sum of weighted cross-entropy (+ z-loss), and the detached sums
-    [weighted ce, weight, visual ce, visual count]. One logsumexp serves both the cross-entropy and the z-loss."""
+    [weighted ce, weight, visual ce, visual count]. One logsumexp serves both the cross-entropy and the z-loss.
+    logits (B, T, V); targets, weights and region (B, T), or (B, T, G) for G targets of one position under its
+    one distribution (next-patch prediction), each visual one counting 1/G."""
+    if targets.dim() == 2:
+        targets, weights, region = targets.unsqueeze(-1), weights.unsqueeze(-1), region.unsqueeze(-1)
     logits = logits.float()
     lse = logits.logsumexp(-1)  # (B, T)
-    ce = lse - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ce = lse.unsqueeze(-1) - logits.gather(-1, targets)  # (B, T, G)
     obj = (ce * weights).sum()
     if z_loss > 0:
-        obj = obj + z_loss * (lse.pow(2) * (weights > 0)).sum()
-    vis = region == VISUAL_R
+        obj = obj + z_loss * (lse.pow(2) * (weights.sum(-1) > 0)).sum()
+    vis = (region == VISUAL_R).float() / targets.shape[-1]
     stats = torch.stack([(ce * weights).sum(), weights.sum(), (ce * vis).sum(), vis.sum()]).detach()
     return obj, stats
 
@@ -125,15 +129,7 @@ class NextPatch(NextToken):
         b, t2, g = src.shape
         at = src.flatten(1)  # (B, T' G)
         pos2 = pos.float().gather(1, at.unsqueeze(-1).expand(-1, -1, 2)).view(b, t2, g, 2).mean(2)
-        logits = net(tokens, pos2[:, :-1], groups=src[:, :-1]).float()  # (B, T'-1, V)
+        logits = net(tokens, pos2[:, :-1], groups=src[:, :-1])  # (B, T'-1, V)
         targets = tokens.gather(1, at).view(b, t2, g)[:, 1:]  # (B, T'-1, G)
         reg = region.gather(1, at).view(b, t2, g)[:, 1:]
-        weights = self.weights[reg] / g
-        lse = logits.logsumexp(-1)  # (B, T'-1)
-        ce = lse.unsqueeze(-1) - logits.gather(-1, targets)  # (B, T'-1, G)
-        obj = (ce * weights).sum()
-        if self.z_loss > 0:
-            obj = obj + self.z_loss * (lse.pow(2) * (weights.sum(-1) > 0)).sum()
-        vis = (reg == VISUAL_R).float() / g
-        stats = torch.stack([(ce * weights).sum(), weights.sum(), (ce * vis).sum(), vis.sum()]).detach()
-        return obj, stats
+        return token_loss(logits, targets, self.weights[reg] / g, reg, self.z_loss)
