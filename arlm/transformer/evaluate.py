@@ -274,13 +274,12 @@ def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, pooled, sheets
     kinds = list(runs[0]["summary"]["per_kind"])
     per_kind = {}
     for k in kinds:
-        accs = [r["summary"]["per_kind"][k]["accuracy"] for r in runs]
-        per_kind[k] = {"n": sum(r["summary"]["per_kind"][k]["n"] for r in runs),
-                       "correct": sum(r["summary"]["per_kind"][k]["correct"] for r in runs),
-                       "accuracy": statistics.fmean(accs), "spread": _spread(accs),
+        accs, pool = [r["summary"]["per_kind"][k]["accuracy"] for r in runs], pooled["per_kind"][k]  # pool: all seeds
+        per_kind[k] = {"n": pool["n"], "correct": pool["correct"], "accuracy": statistics.fmean(accs),
+                       "spread": _spread(accs),
                        "score": statistics.fmean(r["summary"]["per_kind"][k]["score"] for r in runs)}
-        if "by_length" in pooled["per_kind"][k]:  # the word kind by word length, pooled over the seeds
-            per_kind[k]["by_length"] = pooled["per_kind"][k]["by_length"]
+        if "by_length" in pool:  # the word kind by word length
+            per_kind[k]["by_length"] = pool["by_length"]
     overall = [r["summary"]["accuracy"] for r in runs]
     words = [r["words"]["accuracy"] for r in runs if r["words"]["accuracy"] is not None]
     distinct = [r["diversity"]["distinct_grids"] for r in runs if r["diversity"]["distinct_grids"] is not None]
