@@ -44,6 +44,17 @@ def dry(tmp_path_factory):
     return proc, table_rows(proc.stdout), out
 
 
+def failed_logs(out) -> str:
+    """The end of each failed step's own log (its stderr, every rank's under torchrun), for an assertion message."""
+    parts = []
+    for line in (out / "steps.tsv").read_text().splitlines():
+        name, rc = line.split("\t")[:2]
+        if rc not in ("0", "skip"):
+            log = out / "logs" / f"{name}.log"
+            parts.append(f"== {name} (exit {rc}):\n" + (log.read_text()[-3000:] if log.exists() else "(no log)"))
+    return "\n".join(parts)
+
+
 def is_figure(cell: str) -> bool:
     return any(ch.isdigit() for ch in cell) and not cell.startswith(("FAILED", "skipped"))
 
@@ -55,9 +66,9 @@ def test_every_row_is_there_once(dry):
 
 def test_the_cpu_rows_run(dry):
     """DDP, FSDP2 and the rest hold figures: nothing is skipped in the dry run but the optional reference."""
-    proc, rows, _ = dry
+    proc, rows, out = dry
     for check in SETUP + TRAINING + SAMPLING:
-        assert check in rows and is_figure(rows[check][1]), f"{check}: {rows.get(check)}\n{proc.stderr[-3000:]}"
+        assert check in rows and is_figure(rows[check][1]), f"{check}: {rows.get(check)}\n{failed_logs(out)}"
     for check in TRAINING[1:]:  # the pretrain rows: tokens/s, MFU, peak memory
         _, tok_s, mfu, memory, _ = rows[check]
         assert "tok/s" in tok_s and mfu.endswith("%") and memory.endswith(("MiB", "GiB")), rows[check]
@@ -75,7 +86,7 @@ def test_the_transformers_rows_say_why_they_are_skipped(dry):
 def test_the_tokenizer_under_torchrun_and_the_exit_code(dry):
     proc, rows, out = dry
     cell = rows[TOKENIZER_TORCHRUN][1]
-    assert is_figure(cell), f"{cell}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert is_figure(cell), f"{cell}\n{failed_logs(out)}"
+    assert proc.returncode == 0, proc.stdout + failed_logs(out)
     report = json.loads((out / "report.json").read_text())
     assert list(report["rows"]) == ROWS and (out / "table.md").read_text().strip() in proc.stdout
