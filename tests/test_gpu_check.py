@@ -66,7 +66,7 @@ def test_every_row_is_there_once(dry):
 
 def test_the_cpu_rows_run(dry):
     """DDP, FSDP2 and the rest hold figures: nothing is skipped in the dry run but the optional reference."""
-    proc, rows, out = dry
+    _, rows, out = dry
     for check in SETUP + TRAINING + SAMPLING:
         assert check in rows and is_figure(rows[check][1]), f"{check}: {rows.get(check)}\n{failed_logs(out)}"
     for check in TRAINING[1:]:  # the pretrain rows: tokens/s, MFU, peak memory
