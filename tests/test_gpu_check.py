@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 TRAINING = ["train-tokenizer, 1 process", "pretrain, 1 process", "pretrain, DDP × 2", "pretrain, FSDP2 × 2"]
 SETUP = ["matmul peak, fp32", "data synth", "pretokenize"]
@@ -47,11 +50,10 @@ def dry(tmp_path_factory):
 def failed_logs(out) -> str:
     """The end of each failed step's own log (its stderr, every rank's under torchrun), for an assertion message."""
     parts = []
-    for line in (out / "steps.tsv").read_text().splitlines():
-        name, rc = line.split("\t")[:2]
-        if rc not in ("0", "skip"):
+    for name, step in gpu_check.read_steps(out).items():
+        if step["rc"] not in ("0", "skip"):
             log = out / "logs" / f"{name}.log"
-            parts.append(f"== {name} (exit {rc}):\n" + (log.read_text()[-3000:] if log.exists() else "(no log)"))
+            parts.append(f"== {name} (exit {step['rc']}):\n" + (log.read_text()[-3000:] if log.exists() else "(no log)"))
     return "\n".join(parts)
 
 
