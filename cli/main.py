@@ -12,7 +12,7 @@ import typer
 
 from arlm.errors import UserError
 from arlm.log import setup_logging
-from arimg import data, eval as eval_cmds, models, sample, tokenizer, transformer
+from arimg import data, eval as eval_cmds, models, recipe, sample, tokenizer, transformer
 
 app = typer.Typer(
     help="arimg: autoregressive text-to-image models, from data shards to sampling.",
@@ -34,6 +34,7 @@ app.command("grpo")(transformer.grpo)
 app.command("sample")(sample.sample_cmd)
 app.command("info")(models.info_cmd)
 app.command("export")(models.export_cmd)
+app.command("recipe")(recipe.recipe_cmd)
 
 
 def _fail(message: str, code: int) -> int:

@@ -12,9 +12,9 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-# the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of make
-# train-default; dpo2: its second preference round; final: the last model exported with the decoder trained
-# alone, DEC_ARGS, or post-trained, POST_ARGS); the optional ones are listed only where they ran
+# the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of the
+# default recipe; dpo2: its second preference round; final: the last model exported with the decoder trained
+# alone or post-trained, its decoder and post stages); the optional ones are listed only where they ran
 STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2", "final")
 OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2", "final"}
 KINDS = ("single", "count", "relation", "text")

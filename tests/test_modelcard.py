@@ -136,12 +136,14 @@ def test_the_shipped_default_model_is_the_recipes_and_samples(run_cli, tmp_path)
     assert tok.tokenizer == to_object(compose("train_tokenizer", ["tokenizer=gen_dec"])).tokenizer
     assert tok.decoder_only and dataclasses.replace(tok.tokenizer, decoder_channels=None, decoder_res_blocks=None) \
         == to_object(compose("train_tokenizer", ["tokenizer=gen"])).tokenizer  # the encoder and codebook are gen's
-    # then post-trained on whole images with the transformer's draws (make train-default's POST_ARGS stage)
+    # then post-trained on whole images with the transformer's draws (the default recipe's post stages)
     assert tok.resample_from and tok.data.crop_size is None and 0 < tok.resample_share < 1
-    # its card recommends the sampling settings the recipe exports it with (DEFAULT_SAMPLING)
-    line = next(ln for ln in (Path(__file__).parents[1] / "Makefile").read_text().splitlines()
-                if ln.startswith("DEFAULT_SAMPLING = "))
-    assert modelcard.recommended_sampling(None) == modelcard.parse_sampling(line.split("=", 1)[1].split())
+    # its card recommends the sampling settings the recipe exports it with (conf/recipe/default.yaml)
+    from arlm.recipe import load
+
+    export = next(c.args for s in load("default").stages for c in s.commands if "arlm/default/model" in c.args)
+    assert modelcard.recommended_sampling(None) == modelcard.parse_sampling(
+        [export[i + 1] for i, a in enumerate(export) if a == "--sampling"])
     model, vocab, _ = load_model(path, "cpu")  # strict: every shape as the config says
     assert vocab.codebook_size == tok.tokenizer.codebook_size and 0 < len(vocab.words) <= recipe.data.words
     code, images, err = _sample(run_cli, None, tmp_path / "s")
