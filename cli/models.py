@@ -16,7 +16,7 @@ def info_cmd(
 ) -> None:
     """What a model is, as JSON on stdout: kind, step, parameters, config, its training stages and data, its
     image tokenizer, and the evaluation figures recorded in its model card."""
-    from arlm.modelcard import info
+    from arlm.generation.modelcard import info
 
     emit(info(run))
 
@@ -39,7 +39,7 @@ def export_cmd(
     """Pack a transformer and its image tokenizer into one folder that samples anywhere: weights (EMA folded
     in, no optimizer state), config, vocabulary and a model card (card.json: stages, data, eval figures).
     Prints the folder."""
-    from arlm.modelcard import export, parse_sampling
+    from arlm.generation.modelcard import export, parse_sampling
 
     settings = parse_sampling(sampling) if sampling else None
     emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite, tokenizer, settings))

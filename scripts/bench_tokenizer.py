@@ -34,7 +34,7 @@ from arlm.errors import UserError
 from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.tokenizer.model import Tokenizer, to_unit
-from arlm.training import autocast
+from arlm.device import autocast
 
 def parse_size(text: str) -> tuple[int, int]:
     """'N' or 'HxW' -> (H, W)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arlm import modelcard
+from arlm.generation import modelcard
 from arlm.transformer.ckpt import load_model
 
 
@@ -60,6 +60,7 @@ def test_info_of_a_run_and_of_an_export(run_cli, tiny_lm, exported):
     assert card["evals"]["generator"]["accuracy"] == 0.25 and card["stages"][0]["stage"] == "pretrain"
 
 
+
 def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_path):
     code, out, err = run_cli("info", tmp_path)
     assert code == 1 and out == "" and err.count("arimg: error:") == 1 and "neither a checkpoint" in err
@@ -74,7 +75,7 @@ def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_pa
 
 def test_export_with_a_decoder_trained_alone(run_cli, synth_dir, tiny_run, tiny_lm, tmp_path):
     from arlm import checkpoint
-    from arlm.tokenizer.train import train
+    from arlm.training.tokenizer import train
     from conftest import tiny_cfg
 
     dec = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "tokenizer.decoder_channels=24",

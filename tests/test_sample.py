@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from arlm.transformer.sample import Settings, GumbelNoise, image_seed, load_model, sample, teacher_forced
+from arlm.generation.sampler import image_seed
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import GumbelNoise, Settings, sample, teacher_forced
 from arlm.transformer.sequence import positions
 
 PROMPTS = ["a red circle", "", "three green triangles on a black background"]
@@ -218,3 +220,4 @@ def test_teacher_forced_draws_each_code_after_the_true_ones(lm):
     assert torch.equal(drawn, teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=5)))
     assert drawn.shape == grids.shape and 0 <= int(drawn.min()) and int(drawn.max()) < K
     assert torch.equal(teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=1)), forced)
+

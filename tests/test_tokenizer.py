@@ -17,7 +17,7 @@ from arlm.errors import ConfigError, UserError
 from arlm.data.shards import SkipCounter, read_shards, raw_samples, expand
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer, to_unit
-from arlm.tokenizer.train import train
+from arlm.training.tokenizer import train
 from conftest import TINY, tiny_cfg
 
 def _image_files(synth_dir, tmp_path, n=3):

@@ -35,12 +35,12 @@ from arlm.config import DataConfig, TrainTokenizerConfig
 from arlm.data.loader import resize_crop
 from arlm.data.shards import (REASONS, BadImage, ShardWriter, SkipCounter, decode, expand, new_shard_set,
                                open_image, prepare_out_dir, raw_samples, safe_key)
+from arlm.device import autocast, resolve_device
 from arlm.errors import UserError
 from arlm.log import log, progress
+from arlm.perf import resolve_precision
 from arlm.synth import parse_size
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
-from arlm.training import autocast, resolve_device
-from arlm.perf import resolve_precision
 
 KIND = "tokenizer"
 PARTS = ".parts"  # in the output folder: each reader's encoded samples, until rank 0 merges them

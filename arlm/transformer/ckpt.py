@@ -35,7 +35,7 @@ def load_model(path, device: str = "auto", ema: bool = True):
     """(model in eval mode, vocab, run config) of a transformer run or checkpoint directory; the EMA
     weights when the run kept them."""
     from arlm.config import TrainTransformerConfig
-    from arlm.training import resolve_device
+    from arlm.device import resolve_device
 
     ckpt = checkpoint.resolve(path, KIND)
     cfg = checkpoint.load_config(ckpt, TrainTransformerConfig)

@@ -37,6 +37,7 @@ from arlm.transformer.sequence import LayoutError, Vocab, top_words
 
 MAX_TEXT = 1024  # bytes of a caption kept in memory; longer ones are refused by the context check anyway
 WORD_SCAN = 20_000  # captions counted for a word list
+PREFS_FILE = "prefs.json"  # beside preference shards (make-prefs writes, dpo reads): the pairs' vocabulary
 
 
 def _seed(*parts) -> int:

@@ -35,12 +35,11 @@ from arlm.config import DPOConfig, TokenDataConfig
 from arlm.data.shards import expand, raw_samples
 from arlm.errors import ConfigError, UserError
 from arlm.log import log
-from arlm.transformer.data import Batches, TokenInfo, pad_text
+from arlm.transformer.data import PREFS_FILE, Batches, TokenInfo, pad_text
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sequence import VISUAL_R, LayoutError, Vocab
 
 LOSS_TYPES = ("sigmoid", "ipo", "robust")
-PREFS_FILE = "prefs.json"  # beside the shards: the vocabulary the pairs' tokens and log-probs belong to
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
