@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arlm import parallel
+from arlm import checkpoint, parallel
 from arlm.config import MakePrefsConfig
 from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
 from arlm.device import resolve_device
@@ -214,7 +214,7 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
             writer.write(f"{n:07d}", files)
 
     grid = list(sampler.grid)
-    (out / "tokens.json").write_text(json.dumps({"tokenizer": sampler.vocab.tokenizer, "grid": grid,
+    (out / "tokens.json").write_text(json.dumps({"tokenizer": checkpoint.record_path(sampler.vocab.tokenizer, out), "grid": grid,
                                                  "codebook_size": sampler.vocab.codebook_size, "samples": len(pairs)},
                                                 indent=1))
     source = f"labels {cfg.labels}" if labels else reward.name

@@ -43,7 +43,7 @@ from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.training import dpo, grpo
 from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
                                   seed_all, set_lr, set_rng_state)
-from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
+from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab, vocab_json
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
 from arlm.transformer.objectives import NextPatch, NextToken
@@ -183,7 +183,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         (run / "config.yaml").write_text(yaml)
         (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world, "precision": precision,
                                                   "params": model.num_params()}, indent=1))
-        (run / VOCAB_FILE).write_text(vocab.to_json())
+        (run / VOCAB_FILE).write_text(vocab_json(vocab, run))
     metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
     flops_tok = model.flops_per_token(batches.seq_len)
     if isinstance(objective, NextPatch):  # the model runs over the shorter sequence: FLOPs per data token
@@ -202,7 +202,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         state = {"step": step, "opt": parallel.optimizer_state(model, opt), "rng": rng_state(), "world_size": world}
         if rank == 0:
             path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints,
-                                   files={VOCAB_FILE: vocab.to_json().encode()})
+                                   files={VOCAB_FILE: vocab_json(vocab, run).encode()})
             log.info("checkpoint %s", path)
         parallel.barrier()
 
