@@ -145,6 +145,28 @@ def latest(run_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
+def run_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint directory belongs to (itself when it stands alone: an exported model)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+
+
+def record_path(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """`path` as a file in folder `base` records it: relative to `base`, so that the two may move together and
+    be used from any working folder (`resolve_recorded` reads it back)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+
+
+def resolve_recorded(recorded: str, base: str | os.PathLike) -> Path | None:
+    """A path recorded in a file of folder `base` (`record_path`), or None when it is not there. Relative paths
+    are taken against `base`; those that older runs recorded against their working folder are found there
+    too."""
+    p = Path(recorded)
+    for cand in ((p,) if p.is_absolute() else (Path(base) / p, p)):
+        if cand.exists():
+            return cand
+    return None
+
+
 def resolve(path: str | os.PathLike, kind: str | None = None) -> Path:
     """A checkpoint directory from a run directory or a checkpoint directory; checks its kind."""
     p = Path(path)

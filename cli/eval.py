@@ -35,9 +35,9 @@ def generator_cmd(
     word exact-match rate and diversity as JSON on stdout; images, verdicts.jsonl and a contact sheet per
     kind in out=DIR. seeds=[0,1,2] averages over sampling seeds; sampling.cfg=... and friends set the draw
     (default: the settings the model card recommends, else SamplingConfig's)."""
-    from arlm.modelcard import sampling_overrides
+    from arlm.generation.modelcard import sampling_overrides
     from arlm.parallel import is_main
-    from arlm.transformer.evaluate import eval_generator
+    from arlm.generation.evaluate import eval_generator
 
     cfg = configured("eval_generator", sampling_overrides(ckpt) + (overrides or []), print_config)
     report = eval_generator(ckpt, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,12 +14,18 @@ from arimg.common import emit, emit_path
 def info_cmd(
     run: Optional[str] = typer.Argument(None, help="Run, checkpoint or exported model; 'default' or nothing: "
                                                    "the bundled default model."),
+    as_json: bool = typer.Option(False, "--json", help="JSON even on a terminal (it is JSON whenever stdout is "
+                                                       "not one)."),
 ) -> None:
-    """What a model is, as JSON on stdout: kind, step, parameters, config, its training stages and data, its
-    image tokenizer, and the evaluation figures recorded in its model card."""
-    from arlm.modelcard import info
+    """What a model is: kind, step, parameters, its training stages and data, its image tokenizer, and the
+    evaluation figures recorded in its model card. A short summary on a terminal; JSON with --json or in a pipe."""
+    from arlm.generation.modelcard import describe, info
 
-    emit(info(run))
+    report = info(run)
+    if as_json or not sys.stdout.isatty():
+        emit(report)
+    else:
+        sys.stdout.write(describe(report))
 
 
 def export_cmd(
@@ -39,7 +46,7 @@ def export_cmd(
     """Pack a transformer and its image tokenizer into one folder that samples anywhere: weights (EMA folded
     in, no optimizer state), config, vocabulary and a model card (card.json: stages, data, eval figures).
     Prints the folder."""
-    from arlm.modelcard import export, parse_sampling
+    from arlm.generation.modelcard import export, parse_sampling
 
     settings = parse_sampling(sampling) if sampling else None
     emit_path(export(ckpt, str(out), [str(e) for e in eval_ or []], name, overwrite, tokenizer, settings))

@@ -51,8 +51,10 @@ def sample_cmd(
     files are named by prompt and image number, never by prompt text. A bad prompt (too long, not UTF-8)
     is reported on stderr and the others go on; the exit code is 1 if any failed."""
     from arlm.errors import ConfigError
-    from arlm.modelcard import load_default, sampling_for
-    from arlm.transformer.sample import Request, Sampler, Settings, argv_prompts, read_prompts
+    from arlm.generation.modelcard import load_default, sampling_for
+    from arlm.generation.prompts import argv_prompts, read_prompts
+    from arlm.generation.sampler import Request, Sampler
+    from arlm.transformer.sample import Settings
 
     try:
         interval = None if cfg_interval is None else [float(v) for v in cfg_interval.split(",")]

@@ -18,7 +18,7 @@ def train_tokenizer(
 ) -> None:
     """Train an image tokenizer: tokenizer=vqvae (first stage), then tokenizer=vqgan init_from=RUN.
     Prints the run directory."""
-    from arlm.tokenizer.train import train
+    from arlm.training.tokenizer import train
 
     cfg = configured("train_tokenizer", overrides, print_config)
     from arlm.parallel import is_main

@@ -12,7 +12,7 @@ from arimg.common import OVERRIDES_HELP, PRINT_CONFIG_HELP, configured, emit, em
 
 def _run(stage: str, overrides: list[str] | None, print_config: bool) -> None:
     from arlm.parallel import is_main
-    from arlm.transformer.train import train
+    from arlm.training.transformer import train
 
     cfg = configured(stage, overrides, print_config)
     run = train(cfg, to_yaml(cfg))
@@ -47,9 +47,9 @@ def make_prefs(
     judge's graded score, reward=module:function, or labels=FILE), best against worst where they differ by
     the margin; token shards with reference log-probs in out=DIR. A JSON report on stdout. The draw: sampling.*
     (default: the settings the model card recommends, else SamplingConfig's)."""
-    from arlm.modelcard import sampling_overrides
+    from arlm.generation.modelcard import sampling_overrides
     from arlm.parallel import is_main
-    from arlm.transformer.prefs import make_prefs as run
+    from arlm.generation.prefs import make_prefs as run
 
     cfg = configured("make_prefs", sampling_overrides(ckpt) + (overrides or []), print_config)
     report = run(ckpt, cfg)

@@ -35,7 +35,7 @@ def main() -> None:
                  "arimg sample --help": [*arimg, "sample", "--help"]}
         try:
             if args.ckpt is None:
-                from arlm.modelcard import default_model
+                from arlm.generation.modelcard import default_model
 
                 default_model()
             cases["arimg sample (1 image)"] = [*arimg, "sample", "-p", "a red circle above a blue square", "--out",

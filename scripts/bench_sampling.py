@@ -30,7 +30,7 @@ import torch
 from arlm.config import compose, to_object
 from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_rate, resolve_precision
-from arlm.training import autocast, resolve_device
+from arlm.device import autocast, resolve_device
 from arlm.transformer.model import Transformer, ffn_hidden
 from arlm.transformer.sample import Settings, sample
 from arlm.transformer.sequence import Vocab

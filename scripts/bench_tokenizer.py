@@ -29,25 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from arlm import synth
 from arlm.config import compose, to_object
 from arlm.errors import UserError
 from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.tokenizer.model import Tokenizer, to_unit
-from arlm.training import autocast
+from arlm.device import autocast
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'N' or 'HxW' -> (H, W)."""
-    parts = text.lower().split("x")
+    """arlm.synth.parse_size, its error as argparse's."""
     try:
-        if len(parts) not in (1, 2):
-            raise ValueError
-        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
+        return synth.parse_size(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build(tcfg, device: torch.device, seed: int, channels_last: bool = False) -> Tokenizer:

@@ -37,8 +37,8 @@ from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolv
 from arlm.transformer.model import Transformer, ffn_hidden
 from arlm.transformer.sequence import VISUAL_R, Vocab
 from arlm.transformer.objectives import token_loss
-from arlm.transformer.train import param_groups
-from arlm.training import autocast, resolve_device
+from arlm.training.transformer import param_groups
+from arlm.device import autocast, resolve_device
 
 
 def ours_step(cfg, vocab_size: int, tokens: torch.Tensor, pos: torch.Tensor, device, precision: str, compile: bool):

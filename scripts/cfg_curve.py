@@ -23,9 +23,11 @@ from arlm.judge import paired_change, summarize
 from arlm.log import log, setup_logging
 from arlm.perf import resolve_precision
 from arlm.tokenizer.codec import load_tokenizer
-from arlm.transformer.evaluate import image_jobs, sample_and_judge
+from arlm.generation.judged import sample_and_judge
+from arlm.generation.prompts import image_jobs
 from arlm.transformer.ckpt import load_model
-from arlm.transformer.sample import Settings, image_seed
+from arlm.generation.sampler import image_seed
+from arlm.transformer.sample import Settings
 from arlm.viz import line_plot
 
 

@@ -15,7 +15,7 @@ from arlm.log import setup_logging
 from arlm.perf import resolve_precision
 from arlm.synth import single_prompts
 from arlm.tokenizer.codec import load_tokenizer
-from arlm.transformer.evaluate import sample_and_judge, verdict_labels
+from arlm.generation.judged import sample_and_judge, verdict_labels
 from arlm.transformer.ckpt import load_model
 from arlm.transformer.sample import Settings
 from arlm.viz import contact_sheet

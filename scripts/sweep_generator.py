@@ -29,8 +29,8 @@ import torch
 from arlm.config import compose, to_object
 from arlm.errors import UserError
 from arlm.log import log, setup_logging
-from arlm.transformer.evaluate import eval_generator
-from arlm.transformer.train import train
+from arlm.generation.evaluate import eval_generator
+from arlm.training.transformer import train
 
 
 def pretrain_config(args, run: Path, steps: int, extra: list[str]):

@@ -41,7 +41,7 @@ from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.metrics import psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
-from arlm.training import EMA, lr_at, set_lr
+from arlm.training.common import EMA, lr_at, set_lr
 
 
 def load(shards: str) -> tuple[torch.Tensor, list[str]]:

@@ -33,7 +33,7 @@ def tiny_cfg(tmp_path, synth_dir, *extra, name="run"):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, synth_dir):
     """A tiny tokenizer run (4 steps)."""
-    from arlm.tokenizer.train import train
+    from arlm.training.tokenizer import train
 
     return train(tiny_cfg(tmp_path_factory.mktemp("tok"), synth_dir))
 
@@ -70,7 +70,7 @@ KINDS = synth.KINDS
 def tiny_lm(tmp_path_factory, token_dir):
     """A tiny transformer run (4 pretrain steps on the tiny token shards; 8x8 grids of 64 codes)."""
     from arlm.config import compose, to_object
-    from arlm.transformer.train import train
+    from arlm.training.transformer import train
 
     run = tmp_path_factory.mktemp("lm") / "run"
     return train(to_object(compose("pretrain", ["model=tiny", "trainer=tiny", "trainer.compile=false", "sample.n=0",

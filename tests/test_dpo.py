@@ -18,11 +18,11 @@ from arlm.config import DPOConfig, compose, to_object
 from arlm.errors import ConfigError
 from arlm.transformer.ckpt import load_model
 from arlm.transformer.data import pad_text
-from arlm.transformer.dpo import dpo_loss
+from arlm.training.dpo import dpo_loss
 from arlm.transformer.objectives import sequence_logps
-from arlm.transformer.prefs import choose_pairs, make_prefs
+from arlm.generation.prefs import choose_pairs, make_prefs
 from arlm.transformer.sequence import VISUAL_R
-from arlm.transformer.train import train
+from arlm.training.transformer import train
 
 TINY_DPO = ["trainer=tiny", "trainer.compile=false", "data.batch_size=8", "sample.n=1", "sample.prompts=[a red circle]",
             "trainer.image_every=100"]
@@ -177,7 +177,7 @@ def test_reward_accept_is_the_judge_s_verdict(tmp_path, tiny_lm):
     from PIL import Image
 
     from arlm.errors import ConfigError
-    from arlm.transformer.prefs import judge_accepts
+    from arlm.generation.rewards import judge_accepts
 
     try:
         report = make_prefs(str(tiny_lm), prefs_cfg(tmp_path / "a", "reward=accept", "margin=0.5", "pairs=all"))
@@ -199,7 +199,7 @@ def test_truth_adds_the_data_image_of_each_prompt_as_one_more_judged_candidate(t
     from PIL import Image
 
     from arlm.tokenizer.codec import load_tokenizer
-    from arlm.transformer.evaluate import grammar_samples
+    from arlm.generation.prompts import grammar_samples
     from prefs_reward import brightness
 
     out = tmp_path / "t"
@@ -226,7 +226,7 @@ def test_truth_adds_the_data_image_of_each_prompt_as_one_more_judged_candidate(t
 
 
 def test_a_reward_module_in_the_current_directory_imports(tmp_path, monkeypatch):
-    from arlm.transformer.prefs import load_reward
+    from arlm.generation.rewards import load_reward
 
     (tmp_path / "cwd_reward.py").write_text("def half(image, prompt):\n    return 0.5\n")
     monkeypatch.chdir(tmp_path)

@@ -11,8 +11,11 @@ import torch
 from arlm.judge import judge
 from arlm.synth import KINDS
 from arlm.tokenizer.codec import load_tokenizer
-from arlm.transformer.evaluate import Judged, diversity, grammar_prompts, sample_and_judge
-from arlm.transformer.sample import Settings, load_model
+from arlm.generation.evaluate import diversity
+from arlm.generation.judged import Judged, sample_and_judge
+from arlm.generation.prompts import grammar_prompts
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import Settings
 
 
 def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):

@@ -9,9 +9,9 @@ import torch
 from arlm.config import GRPOConfig, compose, to_object
 from arlm.transformer.ckpt import load_model
 from arlm.transformer.data import pad_text
-from arlm.transformer.grpo import GroupReward, group_advantages
+from arlm.training.grpo import GroupReward, group_advantages
 from arlm.transformer.objectives import sequence_logps
-from arlm.transformer.train import train
+from arlm.training.transformer import train
 
 TINY_GRPO = ["trainer=tiny", "trainer.compile=false", "data.batch_size=4", "grpo.group=2", "grpo.kinds=[single,count]",
              "grpo.per_kind=4", "grpo.reward=prefs_reward:brightness", "sample.n=1", "sample.prompts=[a red circle]",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arlm import modelcard
+from arlm.generation import modelcard
 from arlm.transformer.ckpt import load_model
 
 
@@ -60,6 +60,42 @@ def test_info_of_a_run_and_of_an_export(run_cli, tiny_lm, exported):
     assert card["evals"]["generator"]["accuracy"] == 0.25 and card["stages"][0]["stage"] == "pretrain"
 
 
+
+def test_info_on_a_terminal_is_a_summary_and_json_elsewhere(run_cli, exported):
+    """A person at a terminal reads a few lines (name, kind, size, stages, tokenizer, figures per kind); a pipe
+    or --json gets the JSON report."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    text = modelcard.describe(modelcard.info(str(exported)))
+    lines = text.splitlines()
+    assert lines[0].startswith("tiny: transformer (pretrain)") and "M parameters" in lines[0]
+    assert any(ln.split()[0] == "stages" and "pretrain" in ln for ln in lines[1:])
+    assert any(ln.split()[0] == "tokenizer" for ln in lines[1:])
+    assert any(ln.split()[:3] == ["generator", "single", "50.0%"] for ln in lines[1:])
+    code, out, err = run_cli("info", exported, "--json")  # (stdout captured here: JSON with or without --json)
+    assert code == 0 and json.loads(out)["card"]["name"] == "tiny", err
+
+    main, child = pty.openpty()  # the command on a terminal
+    proc = subprocess.run([sys.executable, "-m", "arimg", "info", str(exported)], stdout=child,
+                          stderr=subprocess.PIPE, timeout=120)
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed: all read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert proc.returncode == 0, proc.stderr
+    assert shown.decode().replace("\r\n", "\n") == text
+
+
 def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_path):
     code, out, err = run_cli("info", tmp_path)
     assert code == 1 and out == "" and err.count("arimg: error:") == 1 and "neither a checkpoint" in err
@@ -74,7 +110,7 @@ def test_export_and_info_bad_inputs(run_cli, tiny_run, tiny_lm, exported, tmp_pa
 
 def test_export_with_a_decoder_trained_alone(run_cli, synth_dir, tiny_run, tiny_lm, tmp_path):
     from arlm import checkpoint
-    from arlm.tokenizer.train import train
+    from arlm.training.tokenizer import train
     from conftest import tiny_cfg
 
     dec = train(tiny_cfg(tmp_path, synth_dir, f"init_from={tiny_run}", "decoder_only=true", "tokenizer.decoder_channels=24",

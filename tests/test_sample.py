@@ -4,12 +4,16 @@ completion, bad inputs."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from arlm.transformer.sample import Settings, GumbelNoise, image_seed, load_model, sample, teacher_forced
+from arlm import checkpoint
+from arlm.generation.sampler import image_seed
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import GumbelNoise, Settings, sample, teacher_forced
 from arlm.transformer.sequence import positions
 
 PROMPTS = ["a red circle", "", "three green triangles on a black background"]
@@ -218,3 +222,38 @@ def test_teacher_forced_draws_each_code_after_the_true_ones(lm):
     assert torch.equal(drawn, teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=5)))
     assert drawn.shape == grids.shape and 0 <= int(drawn.min()) and int(drawn.max()) < K
     assert torch.equal(teacher_forced(model, vocab, prompts, grids, Settings(cfg=2.0, top_k=1)), forced)
+
+
+def test_a_run_moved_with_its_tokenizer_samples_from_any_folder(run_cli, tmp_path, synth_dir, monkeypatch):
+    """Paths a run records of another (its image tokenizer) are relative to the recording run: the tree moved
+    as a whole samples from any working folder. A path recorded against the working folder, as older runs did,
+    fails from elsewhere with one line naming the file that recorded it."""
+    import shutil
+
+    a, b, elsewhere = tmp_path / "a", tmp_path / "b", tmp_path / "elsewhere"
+    a.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(a)
+    for args in (["train-tokenizer", "tokenizer=tiny", "data=tiny", "trainer=tiny", f"data.shards={synth_dir}",
+                  "run_dir=runs/tok"],
+                 ["pretokenize", str(synth_dir), "--tokenizer", "runs/tok", "--out", "data/tok", "--size", "32"],
+                 ["pretrain", "model=tiny", "trainer=tiny", "trainer.compile=false", "sample.n=0", "data.batch_size=8",
+                  "data.shards=data/tok", "run_dir=runs/pt"]):
+        code, _, err = run_cli(*args)
+        assert code == 0, err
+    shutil.move(a, b)
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli("sample", "--ckpt", b / "runs" / "pt", "-p", "a red circle", "--out", "s")
+    assert code == 0, err
+    assert Path(json.loads(out)["path"]).is_file()
+
+    ckpt = checkpoint.latest(b / "runs" / "pt")
+    vocab = json.loads((ckpt / "vocab.json").read_text())
+    vocab["tokenizer"] = str(Path("runs/tok/checkpoints") / checkpoint.latest(b / "runs" / "tok").name)
+    (ckpt / "vocab.json").write_text(json.dumps(vocab))  # as older runs recorded it: against their working folder
+    code, _, err = run_cli("sample", "--ckpt", b / "runs" / "pt", "-p", "a red circle", "--out", "s")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"no such run or checkpoint: {vocab['tokenizer']}" in err and str(ckpt / "vocab.json") in err
+    assert "arimg export" in err
+    monkeypatch.chdir(b)  # from the folder it was trained in, it still samples
+    code, _, err = run_cli("sample", "--ckpt", "runs/pt", "-p", "a red circle", "--out", "s")
+    assert code == 0, err

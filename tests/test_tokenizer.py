@@ -17,7 +17,7 @@ from arlm.errors import ConfigError, UserError
 from arlm.data.shards import SkipCounter, read_shards, raw_samples, expand
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer, to_unit
-from arlm.tokenizer.train import train
+from arlm.training.tokenizer import train
 from conftest import TINY, tiny_cfg
 
 def _image_files(synth_dir, tmp_path, n=3):
@@ -177,7 +177,11 @@ def test_vqgan_stage_starts_from_the_vqvae_run(tmp_path, synth_dir, tiny_run):
                    "tokenizer.loss.perceptual=1.0", "trainer.lr=0", name="gan")
     run = train(cfg)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    assert "g" not in rows[0] and "g" in rows[2] and rows[2]["g_weight"] >= 0  # adversarial from disc_start on
+    assert "g" not in rows[0] and "g" in rows[2]  # adversarial from disc_start on
+    for r in rows:  # the loss is its logged parts: reconstruction, the quantizer's, and 0.5 x adaptive weight x g
+        parts = r["rec"] + cfg.tokenizer.loss.codebook * (r["commit"] + r["codebook"])
+        assert r["loss"] == pytest.approx(parts + 0.5 * r.get("g_weight", 0) * r.get("g", 0), rel=1e-5), r["step"]
+    assert 0 < rows[2]["g_weight"] < 1e4  # the adaptive weight, strictly inside its clamp
     src = checkpoint.load_weights(checkpoint.latest(tiny_run))
     got = checkpoint.load_weights(checkpoint.latest(run))
     params = {k for k, _ in Tokenizer(to_object(compose("train_tokenizer", TINY)).tokenizer).named_parameters()}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from arlm import checkpoint
-from arlm.tokenizer.train import train
+from arlm.training.tokenizer import train
 from conftest import TINY, tiny_cfg
 
 HERE = Path(__file__).parent

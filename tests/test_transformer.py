@@ -18,9 +18,11 @@ from arlm.config import ModelConfig, TokenDataConfig, compose, to_object
 from arlm.errors import ConfigError
 from arlm.transformer.data import Batches, token_info
 from arlm.transformer.model import KVCache, Transformer, rope_angles
-from arlm.transformer.sample import generate, load_model
+from arlm.transformer.ckpt import load_model
+from arlm.transformer.sample import Settings, sample
 from arlm.transformer.sequence import PAD_R, TEXT_R, VISUAL_R, Vocab, positions, top_words
-from arlm.transformer.train import read_vocab, train
+from arlm.training.transformer import train
+from arlm.transformer.ckpt import read_vocab
 
 SFT_TINY = ["trainer=tiny", "trainer.compile=false", "data.batch_size=8", "sample.n=1", "sample.prompts=[a red circle]"]
 TINY = ["model=tiny", *SFT_TINY]  # sft has no model group: it takes the pretrain run's model
@@ -83,7 +85,7 @@ def test_a_word_vocabulary_trains_and_its_batches_are_its_sequences(tmp_path, to
         (ca, ga), (cb, gb) = vocab.parse(a), Vocab(info.codebook_size).parse(b)
         assert ca == cb and torch.equal(ga, gb) and a[:len(vocab.sequence(ca, ga))] == vocab.sequence(ca, ga)
     model, _, _ = load_model(run, "cpu")
-    assert tuple(generate(model, vocab, "two red circles", *info.grid, n=2).shape) == (2, *info.grid)
+    assert tuple(sample(model, vocab, ["two red circles"] * 2, [0, 1], *info.grid).shape) == (2, *info.grid)
 
 
 def test_parse_refuses_what_is_not_a_sequence():
@@ -224,10 +226,11 @@ def test_sampler_emits_whole_grids_reproducibly():
     torch.manual_seed(0)
     vocab = Vocab(codebook_size=20)
     model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64), vocab.padded_size)
-    a = generate(model, vocab, "a red circle", 3, 5, n=2, seed=3)
+    a = sample(model, vocab, ["a red circle"] * 2, [3, 4], 3, 5)
     assert a.shape == (2, 3, 5) and a.min() >= 0 and a.max() < 20
-    assert torch.equal(a, generate(model, vocab, "a red circle", 3, 5, n=2, seed=3))
-    assert torch.equal(generate(model, vocab, "x", 2, 2, 1, temperature=0), generate(model, vocab, "x", 2, 2, 1, temperature=0))
+    assert torch.equal(a, sample(model, vocab, ["a red circle"] * 2, [3, 4], 3, 5))
+    greedy = Settings(temperature=0)
+    assert torch.equal(sample(model, vocab, ["x"], [0], 2, 2, greedy), sample(model, vocab, ["x"], [1], 2, 2, greedy))
 
 
 # --- token data -----------------------------------------------------------------------------------------

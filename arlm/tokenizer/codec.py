@@ -35,12 +35,12 @@ from arlm.config import DataConfig, TrainTokenizerConfig
 from arlm.data.loader import resize_crop
 from arlm.data.shards import (REASONS, BadImage, ShardWriter, SkipCounter, decode, expand, new_shard_set,
                                open_image, prepare_out_dir, raw_samples, safe_key)
+from arlm.device import autocast, resolve_device
 from arlm.errors import UserError
 from arlm.log import log, progress
+from arlm.perf import resolve_precision
 from arlm.synth import parse_size
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
-from arlm.training import autocast, resolve_device
-from arlm.perf import resolve_precision
 
 KIND = "tokenizer"
 PARTS = ".parts"  # in the output folder: each reader's encoded samples, until rank 0 merges them
@@ -246,7 +246,7 @@ def _pretokenize(tok: Loaded, urls: list[str], size: tuple[int, int], grid: tupl
                     writer.write(raw["key"].decode(), {"npy": raw["npy"], "txt": raw["txt"], "json": raw["json"]})
         finally:
             shutil.rmtree(parts, ignore_errors=True)
-        info = {"tokenizer": str(tok.ckpt), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
+        info = {"tokenizer": checkpoint.record_path(tok.ckpt, out), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
                 "grid": list(grid), "size": list(size), "samples": writer.total,
                 "shards": [str(p) for p in writer.written], "skipped": {r: c for r, c in skipped.items() if c}}
         (out / "tokens.json").write_text(json.dumps(info, indent=1))
@@ -258,6 +258,7 @@ def _encode(tok: Loaded, loader: DataLoader, grid: tuple[int, int], dtype, parts
             writers: dict[int, ShardWriter]) -> None:
     """Each sample's codes into its reader's part (`writers`, filled here), in the order the reader gives."""
     n = 0
+    recorded = checkpoint.record_path(tok.ckpt, parts.parent)  # as tokens.json records it, beside the shards
     with progress() as bar:
         task = bar.add_task("pretokenize", total=None, info="")
         for batch in loader:
@@ -265,7 +266,7 @@ def _encode(tok: Loaded, loader: DataLoader, grid: tuple[int, int], dtype, parts
             for s, codes in zip(batch["rest"], tokens):
                 buf = io.BytesIO()
                 np.save(buf, codes)
-                record = {**(s["meta"] or {}), "grid": list(grid), "tokenizer": str(tok.ckpt)}
+                record = {**(s["meta"] or {}), "grid": list(grid), "tokenizer": recorded}
                 if s["reader"] not in writers:
                     writers[s["reader"]] = ShardWriter(parts, 1 << 62, f"reader-{s['reader']:04d}")
                 writers[s["reader"]].write(s["at"], {"key": safe_key(s["key"]).encode(), "npy": buf.getvalue(),

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arlm import checkpoint
 from arlm.config import TokenDataConfig
 from arlm.data.shards import SkipCounter, expand, raw_samples
 from arlm.errors import ConfigError, UserError
@@ -37,6 +38,7 @@ from arlm.transformer.sequence import LayoutError, Vocab, top_words
 
 MAX_TEXT = 1024  # bytes of a caption kept in memory; longer ones are refused by the context check anyway
 WORD_SCAN = 20_000  # captions counted for a word list
+PREFS_FILE = "prefs.json"  # beside preference shards (make-prefs writes, dpo reads): the pairs' vocabulary
 
 
 def _seed(*parts) -> int:
@@ -58,7 +60,8 @@ def token_info(shards: str) -> TokenInfo:
     path = Path(urls[0]).parent / "tokens.json"
     try:
         raw = json.loads(path.read_text())
-        return TokenInfo(int(raw["codebook_size"]), str(raw["tokenizer"]), tuple(raw["grid"]))
+        tokenizer = checkpoint.resolve_recorded(str(raw["tokenizer"]), path.parent) or raw["tokenizer"]
+        return TokenInfo(int(raw["codebook_size"]), str(tokenizer), tuple(raw["grid"]))
     except FileNotFoundError:
         raise UserError(f"no tokens.json beside {urls[0]}: token shards come from `arimg pretokenize`") from None
     except (ValueError, KeyError, TypeError) as e:

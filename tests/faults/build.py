@@ -23,7 +23,7 @@ def synth(work: Path) -> Path:
 
 def tokenizer(work: Path) -> Path:
     from arlm.config import compose, to_object
-    from arlm.tokenizer.train import train
+    from arlm.training.tokenizer import train
 
     run = work / "tok"
     if not (run / "checkpoints" / "latest").is_file():
@@ -46,7 +46,7 @@ def tokens(work: Path) -> Path:
 
 def lm(work: Path) -> Path:
     from arlm.config import compose, to_object
-    from arlm.transformer.train import train
+    from arlm.training.transformer import train
 
     run = work / "lm"
     if not (run / "checkpoints" / "latest").is_file():
@@ -58,7 +58,7 @@ def lm(work: Path) -> Path:
 def prefs(work: Path) -> Path:
     """Pairs ranked by image brightness (a reward that always separates a tiny model's samples)."""
     from arlm.config import compose, to_object
-    from arlm.transformer.prefs import make_prefs
+    from arlm.generation.prefs import make_prefs
 
     out = work / "prefs"
     if not (out / "done").is_file():

@@ -64,7 +64,7 @@ def planted(stage: str, how: str):
         with mock.patch.object(Tokenizer, "forward", poisoned_forward):
             yield
         return
-    from arlm.transformer import train
+    from arlm.training import transformer as train
 
     stage_parts = train._stage_parts
 

@@ -75,7 +75,7 @@ class Oracle:
     """Which prompts the tiny model takes: UTF-8, and short enough for its context at its training grid."""
 
     def __init__(self, ckpt: Path) -> None:
-        from arlm.transformer.sample import load_model
+        from arlm.transformer.ckpt import load_model
 
         model, self.vocab, _ = load_model(str(ckpt), "cpu")
         self.max_seq_len, self.grid = model.cfg.max_seq_len, tuple(self.vocab.grid)

@@ -14,7 +14,7 @@ def test_nonfinite_loss_is_skipped_or_stops(work):
 def test_an_infinite_loss_with_a_finite_gradient_is_caught():
     """Regression: the first guard read the gradient norm only, and x + inf has the gradient 1."""
     from arlm.config import TrainerConfig
-    from arlm.training import NonFinite
+    from arlm.training.common import NonFinite
 
     guard = NonFinite(TrainerConfig(nonfinite="skip"))
     assert guard.ok(torch.tensor(1.0), torch.tensor(2.0), 0)
@@ -25,7 +25,7 @@ def test_an_infinite_loss_with_a_finite_gradient_is_caught():
 
 def test_skipping_stops_after_the_limit_in_a_row():
     from arlm.config import TrainerConfig
-    from arlm.training import NonFinite, NonFiniteError
+    from arlm.training.common import NonFinite, NonFiniteError
 
     guard = NonFinite(TrainerConfig(nonfinite="skip", nonfinite_limit=2))
     nan = torch.tensor(float("nan"))

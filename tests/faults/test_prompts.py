@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from arlm.config import compose
 from arlm.errors import ConfigError, UserError
-from arlm.transformer.sample import argv_prompts, read_prompts
+from arlm.generation.prompts import argv_prompts, read_prompts
 from tests.faults import row_prompts
 
 KINDS = row_prompts.KINDS

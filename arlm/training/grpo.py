@@ -15,7 +15,7 @@ clipping. The mean is over the batch's images, flat groups included (a constant 
 and top-k make the samples come from a sharpened policy, not pi itself; the update still raises what
 scored above its group and lowers what scored below, and it trains what evaluation draws.
 
-The stage is the one trainer of arlm.transformer.train with two parts of its own: `OnlineBatches` (the
+The stage is the one trainer of arlm.training.transformer with two parts of its own: `OnlineBatches` (the
 batch of a step, sampled and scored) and `GroupReward` (the objective). The draws are seeded by step, so
 `resume=true` continues exactly.
 """
@@ -31,8 +31,13 @@ import torch
 from arlm.config import GRPOConfig, TrainTransformerConfig
 from arlm.data.shards import SkipCounter
 from arlm.errors import ConfigError
+from arlm.generation.judged import sample_and_judge
+from arlm.generation.prompts import choose_prompts
+from arlm.generation.rewards import build_reward
+from arlm.tokenizer.codec import load_tokenizer
 from arlm.transformer.data import TokenInfo, pad_text
 from arlm.transformer.objectives import sequence_logps
+from arlm.transformer.sample import Settings, check_prompt
 from arlm.transformer.sequence import VISUAL_R, Vocab
 
 
@@ -65,11 +70,6 @@ class OnlineBatches:
 
     def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, info: TokenInfo, model: torch.nn.Module,
                  device: torch.device, precision: str, rank: int = 0, world: int = 1, accum: int = 1) -> None:
-        from arlm.tokenizer.codec import load_tokenizer
-        from arlm.transformer.evaluate import choose_prompts
-        from arlm.transformer.prefs import reward_fn
-        from arlm.transformer.sample import Settings, check_prompt
-
         check_config(cfg, world)
         self.cfg, self.g, self.vocab, self.model, self.device = cfg, cfg.grpo, vocab, model, device
         self.precision, self.rank, self.world, self.accum = precision, rank, world, accum
@@ -86,7 +86,7 @@ class OnlineBatches:
             self.settings.check()
         except ValueError as e:
             raise ConfigError(f"grpo.sampling: {e}") from None
-        self.reward_fn = reward_fn(self.g.reward)
+        self.reward = build_reward(self.g.reward)
         self.tokenizer = load_tokenizer(vocab.tokenizer, "cpu")
         self.local = cfg.data.batch_size // world  # images this process samples per step
         self.skips = SkipCounter()  # the trainer reports it; online batches skip nothing
@@ -104,9 +104,6 @@ class OnlineBatches:
         return [rng.choice(self.prompts) for _ in range(n)]
 
     def batch(self, step: int):
-        from arlm.transformer.evaluate import sample_and_judge
-        from arlm.transformer.prefs import judged_reward, reward_of
-
         groups = self.local // self.g.group
         mine = self.step_prompts(step)[self.rank * groups:(self.rank + 1) * groups]
         prompts = [p for p in mine for _ in range(self.g.group)]
@@ -116,10 +113,10 @@ class OnlineBatches:
         self.model.eval()
         with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             judged = sample_and_judge(self.model, self.vocab, prompts, seeds, self.grid, self.settings, self.precision,
-                                      self.tokenizer, self.g.judge if judged_reward(self.reward_fn) else None,
+                                      self.tokenizer, self.g.judge if self.reward.needs_verdict else None,
                                       batch_size=self.local)
         self.model.train(was_training)
-        rewards = [reward_of(j, self.reward_fn) for j in judged]
+        rewards = [self.reward(j) for j in judged]
         adv = group_advantages(rewards, self.g.group, self.g.min_std)
         ids = [self.vocab.encode_text(p) for p in prompts]
         text, lengths = pad_text(ids, self.text_len)

@@ -4,7 +4,7 @@ pretrain: next-token loss on the whole sequence, the text and layout targets wei
 sft: starts from a pretrain checkpoint (its model config and weights), loss on the visual tokens only
 (`loss.visual_only`), on a curated set or a filter of one (`data.kinds`, `data.caption_regex`), with its own
 schedule (`trainer=sft`).
-dpo: starts from a trained run, on the preference pairs of `arimg make-prefs` (arlm.transformer.dpo).
+dpo: starts from a trained run, on the preference pairs of `arimg make-prefs` (arlm.training.dpo).
 
 A stage is its batches and its objective (arlm.transformer.objectives, `_stage_parts`); everything else,
 set-up and loop, is shared.
@@ -33,19 +33,22 @@ from omegaconf import OmegaConf
 
 from arlm import checkpoint, parallel
 from arlm.config import TrainTransformerConfig, to_yaml
+from arlm.device import autocast, resolve_device
 from arlm.errors import ConfigError, UserError
+from arlm.generation.judged import sample_and_judge, verdict_labels
+from arlm.generation.sampler import image_seed
 from arlm.judge import summarize
 from arlm.log import log, progress
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
-from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab
+from arlm.training import dpo, grpo
+from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
+                                  seed_all, set_lr, set_rng_state)
+from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab, vocab_json
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
 from arlm.transformer.objectives import NextPatch, NextToken
-from arlm.transformer.evaluate import sample_and_judge, verdict_labels
-from arlm.transformer.sample import Settings, check_prompt, image_seed
+from arlm.transformer.sample import Settings, check_prompt
 from arlm.transformer.sequence import LayoutError, Vocab
-from arlm.training import (EMA, Metrics, NonFinite, autocast, clip_gradients, lr_at, prepare_run_dir, resolve_device,
-                           rng_state, run_info, seed_all, set_lr, set_rng_state)
 from arlm.viz import contact_sheet, line_plot
 
 STAGES = ("pretrain", "sft", "dpo", "grpo")
@@ -83,15 +86,11 @@ def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transfo
     the pair count, which only the loaded pairs know."""
     args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
     if cfg.stage == "grpo":
-        from arlm.transformer import grpo
-
         return (grpo.OnlineBatches(cfg, vocab, info, model, device, precision, rank, world, cfg.trainer.grad_accum),
                 grpo.GroupReward(cfg.grpo))
     if cfg.stage != "dpo":
         objective = NextPatch(cfg, device, tuple(info.grid)) if cfg.loss.patch > 1 else NextToken(cfg, device)
         return Batches(cfg.data, *args), objective
-    from arlm.transformer import dpo
-
     dpo.check_config(cfg.dpo)  # before loading a reference model
     reference = None
     if cfg.dpo.reference == "live":  # the initial weights, also after a resume
@@ -184,7 +183,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         (run / "config.yaml").write_text(yaml)
         (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world, "precision": precision,
                                                   "params": model.num_params()}, indent=1))
-        (run / VOCAB_FILE).write_text(vocab.to_json())
+        (run / VOCAB_FILE).write_text(vocab_json(vocab, run))
     metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
     flops_tok = model.flops_per_token(batches.seq_len)
     if isinstance(objective, NextPatch):  # the model runs over the shorter sequence: FLOPs per data token
@@ -203,7 +202,7 @@ def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int,
         state = {"step": step, "opt": parallel.optimizer_state(model, opt), "rng": rng_state(), "world_size": world}
         if rank == 0:
             path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints,
-                                   files={VOCAB_FILE: vocab.to_json().encode()})
+                                   files={VOCAB_FILE: vocab_json(vocab, run).encode()})
             log.info("checkpoint %s", path)
         parallel.barrier()
 

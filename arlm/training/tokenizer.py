@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,17 +45,16 @@ from PIL import Image
 from arlm import checkpoint, parallel
 from arlm.config import TokenizerConfig, TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
+from arlm.device import autocast, resolve_device
 from arlm.errors import ConfigError, UserError
+from arlm.generation.resample import resampler
 from arlm.log import log, progress
-from arlm.modelcard import same_codes
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
-from arlm.transformer.ckpt import load_model
-from arlm.transformer.sample import Settings, teacher_forced
-from arlm.training import (EMA, Metrics, NonFinite, autocast, clip_gradients, lr_at, prepare_run_dir, resolve_device,
-                           rng_state, run_info, set_lr, set_rng_state, setup)
+from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
+                                  set_lr, set_rng_state, setup)
 from arlm.viz import line_plot
 
 KIND = "tokenizer"
@@ -116,7 +114,8 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     if cfg.decoder_only:  # the encoder and the quantizer (codebook, k-means, restarts) never change
         for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
             p.requires_grad_(False)
-    resample = resampler(cfg, init or resume_from, device, precision) if cfg.resample_from else None
+    resample = resampler(cfg.resample_from, cfg.resample_share, cfg.sampling, init or resume_from, device,
+                         precision) if cfg.resample_from else None
     # this rank's part of every global batch; checks the shards and that the processes divide the batch
     loader = ShardLoader(cfg.data, repeat=True, drop_last=True, split=True)
     parallel.barrier()  # every process has checked its inputs
@@ -267,25 +266,6 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
         metrics.close()
     loader.skips.log_summary()
     return run
-
-
-def resampler(cfg: TrainTokenizerConfig, frozen: Path, device: torch.device, precision: str
-              ) -> Callable[[list[str], torch.Tensor], torch.Tensor]:
-    """resample_from: (captions, indices) -> the codes the decoder sees, the transformer's teacher-forced draws for
-    a `resample_share` of the images and their own codes for the rest. The transformer must have been trained on
-    the tokens of `frozen`, the checkpoint whose encoder and codebook this run keeps."""
-    model, vocab, _ = load_model(cfg.resample_from, str(device))
-    same_codes(checkpoint.resolve(vocab.tokenizer, KIND), frozen)
-    settings = Settings.from_config(cfg.sampling)
-    settings.check()
-    log.info("the decoder sees the draws of %s for %.0f%% of the images", cfg.resample_from, 100 * cfg.resample_share)
-
-    def draw(captions: list[str], indices: torch.Tensor) -> torch.Tensor:
-        drawn = teacher_forced(model, vocab, captions, indices, settings, precision)
-        keep = torch.rand(len(captions), device=indices.device) >= cfg.resample_share
-        return torch.where(keep[:, None, None], indices, drawn)
-
-    return draw
 
 
 def train_mode(model: Tokenizer, decoder_only: bool) -> None:

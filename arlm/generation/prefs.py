@@ -1,10 +1,9 @@
 """`arimg make-prefs`: preference pairs from a model's own samples, for `arimg dpo`.
 
 For each prompt, K images are drawn (`sample_and_judge`, the project's one sample -> decode -> judge path)
-at the sampling settings of evaluation, and each gets a reward:
+at the sampling settings of evaluation, and each gets a reward (arlm.generation.rewards: `reward=judge`, the
+default, `accept` or `module:function`), or people choose:
 
-- `reward=judge` (default): the judge's graded score (arlm.judge.score: partial credit per claim);
-- `reward=module:function`: any callable (PIL image, prompt) -> number, imported by name;
 - `labels=FILE`: people's choices, JSON lines {"prompt": ..., "chosen": i, "rejected": j}, where i and j
   number the K samples of that prompt (the same seed gives the same images: look at a first run's
   `candidates/`, where every sample is a PNG listed in `candidates.jsonl`, and write the labels).
@@ -33,78 +32,35 @@ start at zero.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import math
-import os
 import statistics
-import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from arlm import parallel
+from arlm import checkpoint, parallel
 from arlm.config import MakePrefsConfig
 from arlm.data.shards import encode_png, new_shard_set, prepare_out_dir
+from arlm.device import resolve_device
 from arlm.errors import ConfigError
-from arlm.judge import parse_caption, score
+from arlm.generation.judged import Judged, decode_and_judge, sample_and_judge
+from arlm.generation.prompts import check_grammar_source, choose_prompts, grammar_samples
+from arlm.generation.rewards import build_reward
+from arlm.generation.sampler import Request, Sampler, image_seed
+from arlm.judge import parse_caption
 from arlm.log import log, progress
-from arlm.transformer.dpo import PREFS_FILE
-from arlm.transformer.data import pad_text
-from arlm.transformer.evaluate import (Judged, check_grammar_source, choose_prompts, decode_and_judge, grammar_samples,
-                                      sample_and_judge)
-from arlm.transformer.objectives import sequence_logps
-from arlm.transformer.sample import Request, Sampler, Settings, image_seed
 from arlm.tokenizer.codec import token_dtype
+from arlm.transformer.data import PREFS_FILE, pad_text
+from arlm.transformer.objectives import sequence_logps
+from arlm.transformer.sample import Settings
 from arlm.transformer.sequence import Vocab
-from arlm.training import resolve_device
+from arlm.viz import contact_sheet
 
 PAIR_MODES = ("best-worst", "all", "disjoint")
 DATA_SEED = -1  # the seed of a truth=true candidate: the data's image, not a sample
-
-
-def judge_accepts(image, prompt: str) -> float:
-    """`reward=accept`: 1 when the judge accepts the image for its prompt, else 0 — the measure itself, where the
-    graded score (`reward=judge`) also pays for the claims an image gets right."""
-    from arlm.judge import judge
-
-    return float(judge(image, prompt).ok)
-
-
-def judged_reward(fn: Callable | None) -> bool:
-    """Whether a reward reads the judge's verdict (so the samples must be judged): `judge` and `accept`."""
-    return fn is None or fn is judge_accepts
-
-
-def reward_fn(spec: str) -> Callable[[object, str], float] | None:
-    """The reward a `reward=` option names: None for the judge's graded score (`judge`), `judge_accepts`
-    (`accept`), or a callable 'module:function'."""
-    if spec == "judge":
-        return None
-    if spec == "accept":
-        return judge_accepts
-    return load_reward(spec)
-
-
-def load_reward(spec: str) -> Callable[[object, str], float]:
-    """The callable named by 'module:function', looked up as `python -m` would: the current directory
-    first (a reward.py beside the data imports without PYTHONPATH); a ConfigError when it does not import."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"reward must be judge, accept or module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"reward {spec}: {e}") from None
-    if not callable(fn):
-        raise ConfigError(f"reward {spec} is not callable")
-    return fn
 
 
 def read_labels(path: str, k: int) -> list[tuple[str, int, int]]:
@@ -182,8 +138,6 @@ def make_prefs(ckpt: str, cfg: MakePrefsConfig) -> dict | None:
 
 
 def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, world: int = 1) -> dict | None:
-    from arlm.viz import contact_sheet
-
     if cfg.k < 2 or cfg.batch_size < 1 or cfg.shard_size < 1:
         raise ConfigError("k must be at least 2, batch_size and shard_size at least 1")
     if cfg.pairs not in PAIR_MODES:
@@ -194,7 +148,7 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         raise ConfigError("truth=true adds the synthetic set's image of each grammar prompt: it takes no prompts= "
                           "or labels= (prompts without a known image)")
     labels = read_labels(cfg.labels, cfg.k) if cfg.labels else None
-    reward = None if labels else reward_fn(cfg.reward)
+    reward = None if labels else build_reward(cfg.reward)
     settings = Settings.from_config(cfg.sampling)
     sampler = Sampler(ckpt, settings, Request(), device, ema=False)
     truths = _truth_images(cfg, sampler) if cfg.truth else {}
@@ -211,7 +165,7 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         task = bar.add_task("make-prefs", total=len(jobs), info="")
         mine = sample_and_judge(sampler.model, sampler.vocab, [p for p, _ in jobs],
                                 [image_seed(cfg.seed, p, i) for p, i in jobs], sampler.grid, settings,
-                                sampler.precision, sampler.tok, cfg.judge if judged_reward(reward) and not labels else None,
+                                sampler.precision, sampler.tok, cfg.judge if reward and reward.needs_verdict else None,
                                 cfg.batch_size, lambda n: bar.update(task, advance=n))
     parts = parallel.gather_object(mine)
     if rank != 0:  # rank 0 alone goes on: pairs, reference log-probs and every file
@@ -222,11 +176,11 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
         by_prompt.setdefault(j.prompt, []).append(j)
     if truths:  # index k of each prompt: the data's own image, through the tokenizer and the judge as a sample
         data = [Judged(p, DATA_SEED, sampler.tok.encode_image(im)) for p, im in truths.items()]
-        decode_and_judge(data, sampler.tok, cfg.judge if judged_reward(reward) else None)
+        decode_and_judge(data, sampler.tok, cfg.judge if reward.needs_verdict else None)
         for j in data:
             by_prompt[j.prompt].append(j)
 
-    rewards = {p: [reward_of(j, reward) for j in js] for p, js in by_prompt.items()} if not labels else {}
+    rewards = {p: [reward(j) for j in js] for p, js in by_prompt.items()} if not labels else {}
     _write_candidates(out / "candidates", prompts, by_prompt, rewards)
     pairs = ([(p, c, r) for p, c, r in labels] if labels else
              [(p, c, r) for p in prompts for c, r in choose_pairs(rewards[p], cfg.margin, cfg.pairs)])
@@ -260,10 +214,10 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
             writer.write(f"{n:07d}", files)
 
     grid = list(sampler.grid)
-    (out / "tokens.json").write_text(json.dumps({"tokenizer": sampler.vocab.tokenizer, "grid": grid,
+    (out / "tokens.json").write_text(json.dumps({"tokenizer": checkpoint.record_path(sampler.vocab.tokenizer, out), "grid": grid,
                                                  "codebook_size": sampler.vocab.codebook_size, "samples": len(pairs)},
                                                 indent=1))
-    source = f"labels {cfg.labels}" if labels else cfg.reward
+    source = f"labels {cfg.labels}" if labels else reward.name
     report = {"ckpt": ckpt, "out": str(out), "prompts": len(prompts), "samples": len(judged), "pairs": len(pairs),
               "per_kind": dict(kinds), "reward": source, "margin": cfg.margin, "mode": "labels" if labels else cfg.pairs,
               "settings": sampler.settings_json(), "shards": [str(p) for p in writer.written]}
@@ -319,19 +273,3 @@ def _truth_images(cfg: MakePrefsConfig, sampler: Sampler) -> dict:
     for s in grammar_samples(cfg.kinds, cfg.per_kind, cfg.prompt_seed, size):
         out.setdefault(s.caption, s.image)
     return out
-
-
-def reward_of(j: Judged, fn: Callable | None) -> float:
-    """The reward of one judged sample: the judge's graded score, or `fn(image, prompt)` checked to be a
-    finite number (make-prefs and grpo)."""
-    if fn is None:
-        return score(j.verdict, j.prompt)
-    if fn is judge_accepts:  # judged already
-        return float(j.verdict.ok)
-    try:
-        value = float(fn(j.image, j.prompt))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"the reward returned something that is not a number for {j.prompt!r}: {e}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"the reward returned {value} for {j.prompt!r}: rewards must be finite numbers")
-    return value

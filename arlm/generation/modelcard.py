@@ -132,6 +132,42 @@ def info(path: str | None) -> dict:
     return report
 
 
+def describe(report: dict) -> str:
+    """`arimg info` for a person at a terminal: what the model is in a few lines (the JSON has everything)."""
+    def params(n):
+        return f"{n / 1e6:.2f}M parameters" if isinstance(n, (int, float)) else "parameters unknown"
+
+    card = report.get("card") or {}
+    lines = [f"{card.get('name') or report.get('path')}: {report.get('kind')} ({report.get('stage') or 'tokenizer'}), "
+             f"{params(report.get('parameters'))}, step {report.get('step')}"]
+    model, vocab = report.get("model") or {}, report.get("vocab") or {}
+    if model:
+        lines.append(f"  model      {model.get('n_layers')} layers x {model.get('dim')} wide, {model.get('n_heads')} "
+                     f"heads, context {model.get('max_seq_len')}")
+    if vocab:
+        grid = "x".join(map(str, vocab.get("grid") or [])) or "?"
+        lines.append(f"  vocabulary {vocab.get('size')} ids: {vocab.get('codebook_size')} codes, {grid} grid, "
+                     f"{vocab.get('words')} whole words")
+    tok = report.get("image_tokenizer") or {}
+    if "error" in tok:
+        lines.append(f"  tokenizer  {tok['error']}")
+    elif tok:
+        t = tok.get("tokenizer") or {}
+        lines.append(f"  tokenizer  {t.get('quantizer')}, {t.get('codebook_size')} codes, /{t.get('downsample')}, "
+                     f"{params(tok.get('parameters'))} ({tok.get('path')})")
+    stages = card.get("stages") or report.get("lineage") or []
+    if stages:
+        lines.append("  stages     " + " -> ".join(f"{s.get('stage')} {s.get('step')}" for s in stages))
+    for name, figures in (card.get("evals") or {}).items():
+        kinds = figures.get("per_kind") or {}
+        shown = "  ".join(f"{k} {v['accuracy']:.1%}" for k, v in kinds.items() if v.get("accuracy") is not None)
+        n = figures.get("n")
+        lines.append(f"  {name:<10} {shown}" + (f"  ({n} images)" if n else ""))
+    if card.get("sampling"):
+        lines.append("  sampling   " + " ".join(f"{k}={v}" for k, v in card["sampling"].items()))
+    lines.append("  (arimg info --json: everything, as JSON)")
+    return "\n".join(lines) + "\n"
+
 def lineage(ckpt: Path) -> list[dict]:
     """The training stages behind a transformer checkpoint, first stage first (init_from followed back while
     the runs are still there)."""

@@ -35,33 +35,30 @@ from arlm.config import DPOConfig, TokenDataConfig
 from arlm.data.shards import expand, raw_samples
 from arlm.errors import ConfigError, UserError
 from arlm.log import log
-from arlm.transformer.data import Batches, TokenInfo, pad_text
+from arlm.transformer.data import PREFS_FILE, Batches, TokenInfo, pad_text
 from arlm.transformer.objectives import sequence_logps
 from arlm.transformer.sequence import VISUAL_R, LayoutError, Vocab
 
-LOSS_TYPES = ("sigmoid", "ipo", "robust")
-PREFS_FILE = "prefs.json"  # beside the shards: the vocabulary the pairs' tokens and log-probs belong to
+# dpo.loss_type -> per-pair loss of the margin h, beta b and label smoothing e
+LOSSES = {
+    "sigmoid": lambda h, b, e: -F.logsigmoid(b * h) * (1 - e) - F.logsigmoid(-b * h) * e,  # DPO, conservative DPO
+    "ipo": lambda h, b, e: (h - 1 / (2 * b)) ** 2,  # Azar et al. 2023
+    "robust": lambda h, b, e: (-F.logsigmoid(b * h) * (1 - e) + F.logsigmoid(-b * h) * e) / (1 - 2 * e),  # Chowdhury et al. 2024
+}
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair losses, chosen rewards, rejected rewards), all (P,), from per-sequence log-probs (P,)."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    b, e = cfg.beta, cfg.label_smoothing
-    if cfg.loss_type == "sigmoid":
-        losses = -F.logsigmoid(b * h) * (1 - e) - F.logsigmoid(-b * h) * e
-    elif cfg.loss_type == "ipo":
-        losses = (h - 1 / (2 * b)) ** 2
-    elif cfg.loss_type == "robust":
-        losses = (-F.logsigmoid(b * h) * (1 - e) + F.logsigmoid(-b * h) * e) / (1 - 2 * e)
-    else:
-        raise ConfigError(f"dpo.loss_type must be one of {', '.join(LOSS_TYPES)}, got {cfg.loss_type!r}")
+    losses = LOSSES[cfg.loss_type](h, cfg.beta, cfg.label_smoothing)
+    b = cfg.beta
     return losses, b * (policy_chosen - ref_chosen).detach(), b * (policy_rejected - ref_rejected).detach()
 
 
 def check_config(cfg: DPOConfig) -> None:
-    if cfg.loss_type not in LOSS_TYPES:
-        raise ConfigError(f"dpo.loss_type must be one of {', '.join(LOSS_TYPES)}, got {cfg.loss_type!r}")
+    if cfg.loss_type not in LOSSES:
+        raise ConfigError(f"dpo.loss_type must be one of {', '.join(LOSSES)}, got {cfg.loss_type!r}")
     if cfg.beta <= 0:
         raise ConfigError(f"dpo.beta must be positive, got {cfg.beta}")
     if not 0 <= cfg.label_smoothing < 0.5:

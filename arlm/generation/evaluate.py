@@ -1,8 +1,4 @@
-"""Does the generator draw what the prompt says? The one sample -> decode -> judge path of the project, and
-`arimg eval generator` on top of it.
-
-`sample_and_judge` serves every caller that judges a model's samples: the trainer's sample grids,
-`arimg eval generator`, `scripts/judge_pretrain.py`, `scripts/cfg_curve.py` and `scripts/sweep_generator.py`.
+"""`arimg eval generator`: does the generator draw what the prompt says?
 
 `eval_generator` draws a fixed, seeded set of held-out prompts of every kind from the synthetic grammar (the
 captions of `arimg data synth --seed prompt_seed`, one kind at a time; training sets use seed 0), or reads a
@@ -15,136 +11,27 @@ every image, `verdicts.jsonl` and a contact sheet per kind.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import statistics
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from arlm.judge import JudgeConfig, Verdict, judge_many, parse_caption, score, summarize
-from arlm.transformer.model import Transformer
-from arlm.transformer.sample import Settings, image_seed, sample
-from arlm.transformer.sequence import Vocab
+from arlm import parallel
+from arlm.device import resolve_device
+from arlm.errors import ConfigError
+from arlm.generation.judged import Judged, sample_and_judge, verdict_labels
+from arlm.generation.prompts import choose_prompts, image_jobs
+from arlm.generation.sampler import Request, Sampler, image_seed
+from arlm.judge import Verdict, parse_caption, score, summarize
+from arlm.log import log, progress
+from arlm.synth import KINDS
+from arlm.transformer.sample import Settings
+from arlm.viz import contact_sheet
 
-
-@dataclass
-class Judged:
-    """One sampled image: its codes (h, w), the decoded picture and the judge's verdict (None: not judged)."""
-
-    prompt: str
-    seed: int
-    codes: torch.Tensor
-    image: Image.Image | None = None
-    verdict: Verdict | None = None
-
-
-def sample_and_judge(model: Transformer, vocab: Vocab, prompts: Sequence[str], seeds: Sequence[int],
-                     grid: tuple[int, int], settings: Settings, precision: str = "fp32", tokenizer=None,
-                     judge_cfg: JudgeConfig | None = JudgeConfig(), batch_size: int = 16,
-                     advance: Callable[[int], None] | None = None, keep: torch.Tensor | None = None) -> list[Judged]:
-    """Image i shows prompts[i], drawn from seeds[i]; batches of `batch_size`. With a tokenizer (arlm.tokenizer
-    .codec.Loaded) the codes are decoded, and with `judge_cfg` the images judged; without, only the codes
-    come back (the processes of a sharded model that must sample together but do not write). `keep` (k, w):
-    the first token rows of every image (image completion)."""
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    out: list[Judged] = []
-    for b in range(0, len(prompts), batch_size):
-        ps, ss = list(prompts[b:b + batch_size]), list(seeds[b:b + batch_size])
-        kept = None if keep is None else keep.unsqueeze(0).expand(len(ps), -1, -1)
-        codes = sample(model, vocab, ps, ss, *grid, settings, precision, kept).cpu()
-        out += decode_and_judge([Judged(p, s, c) for p, s, c in zip(ps, ss, codes)], tokenizer, None)
-        if advance:
-            advance(len(ps))
-    return decode_and_judge(out, None, judge_cfg if tokenizer is not None else None)
-
-
-def decode_and_judge(judged: list[Judged], tokenizer=None, judge_cfg: JudgeConfig | None = None) -> list[Judged]:
-    """Fill in each item's image (decoded from its codes, with a tokenizer) and verdict (with `judge_cfg`), in
-    place; the items back. Sampled codes and a data set's own encoded images take this one path."""
-    if tokenizer is not None:
-        # one image at a time: a convolution's rounding depends on the batch it runs in (a pixel may move by 1),
-        # and an image must not depend on what it was drawn beside (--batch-size)
-        for j in judged:
-            j.image = Image.fromarray(tokenizer.decode(j.codes[None])[0].permute(1, 2, 0).numpy())
-    if judge_cfg is not None:
-        for j, v in zip(judged, judge_many(((j.image, j.prompt) for j in judged), judge_cfg)):
-            j.verdict = v
-    return judged
-
-
-def verdict_labels(judged: Sequence[Judged]) -> tuple[list[str], list[bool | None]]:
-    """Contact-sheet captions ("OK: prompt" / "no: prompt") and marks for judged images."""
-    labels = [f"{'OK' if j.verdict.ok else 'no'}: {j.prompt}" if j.verdict else j.prompt for j in judged]
-    return labels, [None if j.verdict is None else j.verdict.ok for j in judged]
-
-
-# --------------------------------------------------------------------------------------------------------
-# `arimg eval generator`
-
-
-def grammar_samples(kinds: Sequence[str], per_kind: int, seed: int, size: tuple[int, int] = (64, 64)) -> list:
-    """`per_kind` samples (arlm.synth.Sample: caption and image) of each kind, those of `arimg data synth --seed
-    SEED --kinds KIND`: fixed and seeded."""
-    from arlm.synth import generate
-
-    return [s for kind in kinds for s in generate(per_kind, size, seed, kinds=(kind,))]
-
-
-def grammar_prompts(kinds: Sequence[str], per_kind: int, seed: int, size: tuple[int, int] = (64, 64)) -> list[str]:
-    """The captions of `grammar_samples`."""
-    return [s.caption for s in grammar_samples(kinds, per_kind, seed, size)]
-
-
-def read_prompt_file(path: str) -> list[str]:
-    from arlm.errors import ConfigError, UserError
-
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise UserError(f"prompts={path}: {e.strerror or e}") from None
-    try:
-        lines = [ln.strip() for ln in raw.decode("utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise UserError(f"prompts={path}: not UTF-8") from None
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise ConfigError(f"prompts={path} holds no prompt")
-    return lines
-
-
-def choose_prompts(cfg) -> list[str]:
-    """The prompts a config names: its prompts file, else `per_kind` captions of each of its `kinds` from the
-    grammar (`prompt_seed`); eval generator's and make-prefs's configs share these keys."""
-    if cfg.prompts is not None:
-        return read_prompt_file(cfg.prompts)
-    check_grammar_source(cfg)
-    return grammar_prompts(cfg.kinds, cfg.per_kind, cfg.prompt_seed)
-
-
-def check_grammar_source(cfg) -> None:
-    """A ConfigError unless the config's `kinds` and `per_kind` name grammar prompts."""
-    from arlm.errors import ConfigError
-    from arlm.synth import KINDS
-
-    if cfg.per_kind < 1 or not cfg.kinds or set(cfg.kinds) - set(KINDS):
-        raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)} and per_kind at least 1")
-
-
-def image_jobs(prompts: Sequence[str], n: int) -> list[tuple[str, int]]:
-    """(prompt, image index) for n images per prompt; a prompt listed twice takes the next indices, so no
-    image is drawn (and counted) twice."""
-    jobs, seen = [], Counter()
-    for p in prompts:
-        jobs += [(p, seen[p] + i) for i in range(n)]
-        seen[p] += n
-    return jobs
 
 
 def diversity(judged: Sequence[Judged]) -> dict:
@@ -187,23 +74,11 @@ def eval_generator(ckpt: str, cfg) -> dict | None:
     Under torchrun each rank samples and judges every world-th (prompt, index) job of each seed; rank 0
     gathers them and writes as one process: an image's seed is its own (`image_seed`) and its draw does not
     depend on its batch, so n processes give the images, verdicts and report of one."""
-    from arlm import parallel
-    from arlm.training import resolve_device
-
     with parallel.launched(resolve_device(cfg.device)) as (rank, world, device):
         return _eval_generator(ckpt, cfg, str(device) if world > 1 else cfg.device, rank, world)
 
 
 def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict | None:
-    import contextlib
-
-    from arlm import parallel
-    from arlm.errors import ConfigError
-    from arlm.log import log, progress
-    from arlm.synth import KINDS
-    from arlm.transformer.sample import Request, Sampler
-    from arlm.viz import contact_sheet
-
     if cfg.n < 1 or cfg.batch_size < 1 or not cfg.seeds:
         raise ConfigError("n and batch_size must be at least 1, and seeds must name at least one seed")
     prompts = choose_prompts(cfg)

@@ -1,0 +1,1 @@
+"""The trainer and its stages: every training command of arimg."""
