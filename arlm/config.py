@@ -237,7 +237,7 @@ class SampleConfig:
 
 @dataclass
 class DPOConfig:
-    """`arimg dpo`: the preference objective (arlm.transformer.dpo)."""
+    """`arimg dpo`: the preference objective (arlm.training.dpo)."""
 
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo | robust (Chowdhury et al. 2024)
     beta: float = 0.1  # strength of the pull towards the reference model
@@ -264,7 +264,7 @@ class SamplingConfig:
 
 @dataclass
 class PromptSource:
-    """Where a command's prompts come from (arlm.transformer.evaluate.choose_prompts): a file, else the grammar."""
+    """Where a command's prompts come from (arlm.generation.prompts.choose_prompts): a file, else the grammar."""
 
     prompts: Optional[str] = None  # a file of prompts, one per line; None: drawn from the synthetic grammar
     kinds: list[str] = field(default_factory=_kinds)  # grammar prompts: these kinds
@@ -274,7 +274,7 @@ class PromptSource:
 
 @dataclass
 class GRPOConfig(PromptSource):
-    """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.transformer.grpo)."""
+    """`arimg grpo`: online preference optimisation on groups of the model's own samples (arlm.training.grpo)."""
 
     group: int = 8  # samples per prompt; data.batch_size / group prompts per step
     # judge: the judge's graded score | accept: its yes/no (1 or 0) | module:function: (image, prompt) -> float
@@ -323,7 +323,7 @@ class EvalGeneratorConfig:
 
 @dataclass
 class MakePrefsConfig(PromptSource):
-    """`arimg make-prefs`: preference pairs from a model's own samples, scored by a reward (arlm.transformer.prefs)."""
+    """`arimg make-prefs`: preference pairs from a model's own samples, scored by a reward (arlm.generation.prefs)."""
 
     k: int = 8  # samples per prompt
     seed: int = 0  # sampling seed

@@ -3,7 +3,7 @@
 Prompts: the captions of the first --prompts samples of the chosen kinds in a held-out image set (default
 `data/synth-val`, seed 1, never trained on; its captions follow the same grammar as the training set's, so
 a caption string may also occur there). Each prompt gets --n images per scale, seeds fixed per image
-(`arlm.transformer.sample.image_seed`), so every scale sees the same random draws; a caption that occurs
+(`arlm.generation.sampler.image_seed`), so every scale sees the same random draws; a caption that occurs
 twice gets fresh image indices the second time, never the same image twice. Each scale is also compared
 with the first one image by image: how many images it gains and loses, and the exact sign test's p-value.
 Prints JSON and writes the plot (--plot, default docs/cfg.png); --also draws earlier outputs of this script

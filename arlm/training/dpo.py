@@ -1,6 +1,6 @@
 """`arimg dpo`: direct preference optimisation on pairs of the model's own samples (`arimg make-prefs`).
 
-The stage is the one trainer of arlm.transformer.train with two parts of its own: `PrefBatches` (the pairs
+The stage is the one trainer of arlm.training.transformer with two parts of its own: `PrefBatches` (the pairs
 of preference shards as batches) and `Preference` (the objective). Chosen and rejected sequences go through
 the model in one forward, as one batch of 2m sequences (chosen first); the policy's per-sequence log-probs
 of the visual tokens (`sequence_logps`) are compared with the reference model's, which make-prefs stored

@@ -16,7 +16,7 @@ from arlm.transformer.sequence import Vocab
 
 KIND = "transformer"
 VOCAB_FILE = "vocab.json"
-TOKENIZER_DIR = "tokenizer"  # an exported model (arlm.modelcard) carries its image tokenizer here
+TOKENIZER_DIR = "tokenizer"  # an exported model (arlm.generation.modelcard) carries its image tokenizer here
 
 
 def vocab_json(vocab: Vocab, run: Path) -> str:

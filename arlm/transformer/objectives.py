@@ -1,4 +1,4 @@
-"""What a transformer stage minimises: the objective the one training loop (arlm.transformer.train) calls.
+"""What a transformer stage minimises: the objective the one training loop (arlm.training.transformer) calls.
 
 An objective turns one micro-batch into (loss sum, statistics): the loss is a *sum* over the micro-batch,
 which the loop divides by the global batch's normaliser (`norm`, summed over micro-batches and processes),
@@ -7,7 +7,7 @@ vector of sums that the loop adds up between log steps and turns into named metr
 
 - `NextToken`: pretrain and sft, weighted next-token cross-entropy (+ z-loss).
 - `NextPatch`: the same with the visual tokens in p x p groups (`loss.patch`), next-patch prediction.
-- the preference objective of `arimg dpo` lives in arlm.transformer.dpo.
+- the preference objective of `arimg dpo` lives in arlm.training.dpo.
 
 `sequence_logps` is the per-sequence log-likelihood of the visual tokens that preference data and DPO need
 (the part TRL's `get_batch_logps` plays).
