@@ -161,7 +161,7 @@ def resolve_recorded(recorded: str, base: str | os.PathLike) -> Path | None:
     are taken against `base`; those that older runs recorded against their working folder are found there
     too."""
     p = Path(recorded)
-    for cand in ((p,) if p.is_absolute() else (Path(base) / p, p)):
+    for cand in ((p,) if p.is_absolute() else (Path(os.path.normpath(Path(base) / p)), p)):
         if cand.exists():
             return cand
     return None

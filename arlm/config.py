@@ -40,19 +40,18 @@ class JudgeConfig:
     """Every tunable of the judge (plain types, so OmegaConf makes it a structured config)."""
 
     # RGB distance from a background-to-ink segment beyond which a pixel is not that ink (unknown colour);
-    # between inks the nearest segment decides. 50 loses 3% of JPEG'd objects; 90 measures as 70
+    # between inks the nearest segment decides (tuned on degraded images: docs/results.md, the judge)
     color_dist: float = 70.0
     bg_dist: float = 70.0  # border median farther than this from every background colour: no background name
     # smallest synthetic object: side ceil(min side / 5), a triangle of that side covers ~0.5 of (side / 5)^2
     min_area: float = 0.25
-    # ink share of the solid cores that tell apart objects blur has joined (> 1: never split; costs 1-2% of
-    # counts after JPEG or a 2x down-up resize)
+    # ink share of the solid cores that tell apart objects blur has joined (> 1: never split)
     seed_level: float = 0.75
     shape_tol: float = 0.25  # signature distance beyond which an object is no shape (ideals are >= 0.33 apart)
     relation_margin: float = 0.0625  # centres apart by this fraction of the side (spec draws >= 1/8; slack for blur)
     ocr: bool = True  # False: text captions are judged on colour alone
     tesseract: str = "tesseract"
-    ocr_height: int = 64  # height (px) the word is upscaled to for tesseract: reads 1-3% better than 32 or 48
+    ocr_height: int = 64  # height (px) the word is upscaled to for tesseract
     ocr_pad: float = 0.5  # white margin around the word, in letter heights
     workers: int = 2  # threads running tesseract (a subprocess, so threads do run in parallel)
 
@@ -60,6 +59,7 @@ class JudgeConfig:
 @dataclass
 class DataConfig:
     shards: str = "data/synth"  # brace pattern, '::' list or folder of .tar files
+    val_shards: Optional[str] = None  # held-out images for trainer.eval_every (reconstruction loss, PSNR)
     size: str = "64"  # "N" or "HxW": images are resized (shorter side) and cropped to it
     crop: str = "center"  # center | random | busy (the busiest of 4 random windows, with crop_size)
     crop_size: Optional[str] = None  # then a window of "N" or "HxW" at that resolution (chosen as `crop` says)
@@ -155,6 +155,10 @@ class TrainerConfig:
     grad_clip: float = 1.0  # 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 10
+    eval_every: int = 0  # the loss on data.val_shards every this many steps, logged as val_* rows; 0 = off
+    # > 0: train for about this many seconds: the run's length (at most max_steps) is set from the step rate
+    # measured over steps 20-60, and the schedule laid over it (comparisons at equal wall time)
+    budget_s: float = 0.0
     image_every: int = 200  # reconstruction / sample grids and loss plots
     ckpt_every: int = 500
     keep_checkpoints: int = 2  # the newest N are kept
@@ -201,6 +205,7 @@ class TokenDataConfig:
     """Token shards from `arimg pretokenize`, read by arlm.transformer.data."""
 
     shards: str = "data/synth-tok"  # brace pattern, '::' list or folder of .tar files
+    val_shards: Optional[str] = None  # held-out token shards for trainer.eval_every (pretrain, sft)
     mode: str = "memory"  # memory: one tensor on the training device | stream: read shards as training goes
     batch_size: int = 32  # global: sequences per optimizer step over all processes and micro-batches
     caption_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
@@ -256,8 +261,7 @@ class SamplingConfig:
     cfg_schedule: str = "constant"  # constant | linear (1 -> cfg over the grid) | interval
     cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # interval: the grid fractions guided
     temperature: float = 1.0  # 0 = greedy
-    top_k: int = 10  # 0 = off; 10: measured on an earlier bundled model (docs/sampling.md, "Why top-k 10"); a
-    # model card may recommend its own (the bundled model's: 3; docs/sampling.md, "A model's own settings")
+    top_k: int = 10  # 0 = off; a model card may recommend its own (docs/sampling.md)
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off; else keep the ids at least min_p times as likely as the likeliest (docs/sampling.md)
 

@@ -7,10 +7,10 @@ For the tokenizer of `arimg train-tokenizer` with the given Hydra overrides (def
 - model FLOPs per image: convolutions and matmuls of one forward pass at batch 1, counted by
   torch.utils.flop_counter.FlopCounterMode (norms, activations and the optimizer are not counted);
   a training step is taken as 3x the forward (the backward costs about twice the forward);
-- training images/s: forward under autocast of the resolved precision (fp32: autocast off), the loss of
-  the config's `tokenizer.loss` (l1, l2, codebook weights; no perceptual or adversarial terms), backward,
-  gradient clipping at `trainer.grad_clip`, AdamW step; MFU against the bf16 peak and against the peak of
-  the precision actually used;
+- training images/s of the Trainer's step (arlm.training.trainer) on one fixed batch: forward under autocast of
+  the resolved precision (fp32: autocast off), the loss of the config's `tokenizer.loss` (l1, l2, codebook
+  weights; no perceptual or adversarial terms), backward, gradient clipping at `trainer.grad_clip`, the
+  non-finite guard, AdamW step; MFU against the bf16 peak and against the peak of the precision used;
 - encode and decode images/s (`Tokenizer.encode` / `Tokenizer.decode`, eval mode, same autocast);
 - baselines in the same run: fp32 training when the resolved precision is not fp32, and on a CPU
   training in channels_last memory format beside the default (NCHW).
@@ -31,11 +31,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arlm import synth
 from arlm.config import compose, to_object
+from arlm.device import autocast
 from arlm.errors import UserError
 from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.tokenizer.model import Tokenizer, to_unit
-from arlm.device import autocast
+from arlm.training.trainer import FixedBatch, Trainer
 
 def parse_size(text: str) -> tuple[int, int]:
     """arlm.synth.parse_size, its error as argparse's."""
@@ -62,29 +63,28 @@ def forward_flops(model: Tokenizer, h: int, w: int, device: torch.device) -> int
 
 def bench_train(cfg, images: torch.Tensor, device: torch.device, precision: str, steps: int,
                 channels_last: bool = False) -> tuple[float, Tokenizer]:
-    """Training images/s of full steps (forward, loss, backward, clip, AdamW) on one fixed batch."""
-    tcfg, trainer, weights = cfg.tokenizer, cfg.trainer, cfg.tokenizer.loss
-    model = build(tcfg, device, trainer.seed, channels_last).train()
+    """Training images/s of the Trainer's steps (arlm.training.trainer: forward, loss, backward, clipping, the
+    non-finite guard, AdamW) on one fixed batch."""
+    tcfg, weights = cfg.tokenizer, cfg.tokenizer.loss
+    model = build(tcfg, device, cfg.trainer.seed, channels_last).train()
     x = to_unit(images)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=trainer.lr, betas=tuple(trainer.betas), weight_decay=trainer.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.trainer.lr,
+                            betas=tuple(cfg.trainer.betas), weight_decay=cfg.trainer.weight_decay, fused=True)
+
+    def objective(net, x):  # the config's pixel and quantizer losses (no perceptual or adversarial term)
+        recon, _, losses = net(x)
+        recon = recon.float()
+        loss = weights.l1 * F.l1_loss(recon, x) + weights.l2 * F.mse_loss(recon, x)
+        return loss + weights.codebook * sum(losses.values(), torch.zeros((), device=x.device)), torch.zeros(0)
+
+    trainer = Trainer(cfg.trainer, None, FixedBatch(model, x, objective, lambda x: torch.ones((), device=x.device),
+                                                    opt, 0), device, precision)
 
     def step() -> None:
-        with autocast(device, precision):
-            recon, _, losses = model(x)
-        recon = recon.float()
-        loss = weights.l1 * F.l1_loss(recon, x)
-        if weights.l2:
-            loss = loss + weights.l2 * F.mse_loss(recon, x)
-        if losses:
-            loss = loss + weights.codebook * sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if trainer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
-        opt.step()
+        trainer.train_step(trainer.step)
+        trainer.step += 1
 
     seconds = timed(step, steps, device)
     return len(images) * steps / seconds, model

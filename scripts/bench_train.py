@@ -4,9 +4,9 @@ For the model of `arimg pretrain` with the given Hydra overrides (default: the `
 --batch sequences of --seq-len tokens (default: the demo's 16 x 16 grids with captions up to 67 bytes):
 
 - the bf16 and fp32 matmul peaks of the device (`arlm.perf.matmul_flops`);
-- tokens/s of full training steps (forward under the resolved precision's autocast, fp32 cross-entropy,
-  backward, clipping, AdamW) of arimg's model, eager and with the per-block torch.compile the trainer
-  applies (`trainer.compile`);
+- tokens/s of full training steps of arimg's Trainer (forward under the resolved precision's autocast, fp32
+  cross-entropy, backward, clipping, the non-finite guard, AdamW) on one fixed batch, eager and with the
+  per-block torch.compile the trainer applies (`trainer.compile`);
 - the reference: transformers' LlamaForCausalLM at the same shape (width, layers, heads, SwiGLU width,
   vocabulary, tied embeddings), batch and precision, its own loss (`labels=`), the same optimizer, SDPA
   attention. transformers is a bench-only extra: `pip install -e '.[bench]'`.
@@ -36,29 +36,29 @@ from arlm.log import log, setup_logging
 from arlm.perf import DTYPES, fmt_flops, fmt_pct, fmt_rate, matmul_flops, resolve_precision, timed
 from arlm.transformer.model import Transformer, ffn_hidden
 from arlm.transformer.sequence import VISUAL_R, Vocab
-from arlm.transformer.objectives import token_loss
-from arlm.training.transformer import param_groups
+from arlm import parallel
 from arlm.device import autocast, resolve_device
+from arlm.training.trainer import FixedBatch, Trainer
+from arlm.training.transformer import param_groups
+from arlm.transformer.objectives import NextToken
 
 
 def ours_step(cfg, vocab_size: int, tokens: torch.Tensor, pos: torch.Tensor, device, precision: str, compile: bool):
+    """A step of the Trainer that `arimg pretrain` runs (arlm.training.trainer) on one fixed batch: forward under
+    autocast, the fp32 next-token loss, backward, clipping, the non-finite guard, AdamW."""
     torch.manual_seed(0)
     model = Transformer(cfg.model, vocab_size).to(device).train()
-    if compile:
-        for block in model.blocks:
-            block.compile()
-    opt = torch.optim.AdamW(param_groups(model, cfg.trainer.weight_decay), lr=1e-4, betas=tuple(cfg.trainer.betas))
-    weights = torch.ones(tokens.shape[0], tokens.shape[1] - 1, device=device)
-    region = torch.full_like(weights, VISUAL_R, dtype=torch.long)
+    parallel.parallelize(model, "ddp", compile, 1)  # one process: compiled per block when asked, in place
+    opt = torch.optim.AdamW(param_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr,
+                            betas=tuple(cfg.trainer.betas), fused=device.type == "cuda")
+    loss = NextToken(cfg, device)
+    region = torch.full_like(tokens, VISUAL_R)  # every target an image token, as in the demo's sequences
+    trainer = Trainer(cfg.trainer, None, FixedBatch(model, (tokens, pos, region), loss, loss.norm, opt, loss.n_stats),
+                      device, precision)
 
     def step() -> None:
-        with autocast(device, precision):
-            logits = model(tokens[:, :-1], pos[:, :-1])
-        obj, stats = token_loss(logits, tokens[:, 1:], weights, region, 0.0)
-        (obj / stats[1]).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.train_step(trainer.step)
+        trainer.step += 1
 
     return model, step
 

@@ -1,6 +1,6 @@
-"""The commands shown in README.md and docs/*.md stay true: every `arimg` line of a bash block parses with
-today's command line (options, arguments) and its overrides compose against today's config schemas, and
-every `make` target shown exists. What each command does is covered by the named end-to-end tests
+"""The commands shown in README.md, docs/*.md and docs/journal/*.md stay true: every `arimg` line of a bash
+block parses with today's command line (options, arguments) and its overrides compose against today's config
+schemas, and every `make` target shown exists. What each command does is covered by the named end-to-end tests
 (test_cli, test_tokenizer, test_transformer, test_sample, test_dpo, test_modelcard)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "journal").glob("*.md"))]
 # command path -> the config root its overrides compose against
 ROOTS = {("train-tokenizer",): "train_tokenizer", ("pretrain",): "pretrain", ("sft",): "sft", ("dpo",): "dpo",
          ("make-prefs",): "make_prefs", ("eval", "images"): "eval_images", ("eval", "generator"): "eval_generator"}

@@ -120,3 +120,11 @@ def test_no_import_comes_back_to_where_it_started():
         if m not in state:
             circle = visit(m)
             assert circle is None, " -> ".join(circle)
+
+
+def test_no_function_of_arlm_runs_over_80_lines():
+    """A function that reads on one screen (the trainer's loop included)."""
+    long = [f"{m}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for m, path in MODULES.items() if m.startswith("arlm")
+            for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, "\n".join(long)

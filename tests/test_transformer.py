@@ -1,6 +1,7 @@
 """The transformer: sequence layout, model invariants, token data, pretrain/sft end to end, resume,
 checkpoints, bad inputs, and 1-process vs 2-process (DDP, FSDP2) loss parity under torchrun."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,7 +275,7 @@ def pretrain_run(tmp_path_factory, token_dir):
     return train(cfg_of("pretrain", token_dir, run, "trainer.image_every=2", "trainer.ema=0.9"))
 
 
-def test_tiny_pretrain_writes_a_complete_run_dir(pretrain_run):
+def test_tiny_pretrain_writes_a_complete_run_dir(pretrain_run, token_dir):
     names = {p.name for p in pretrain_run.iterdir()}
     assert {"config.yaml", "run.json", "metrics.jsonl", "vocab.json", "checkpoints", "images", "loss.png",
             "judge.png"} <= names
@@ -284,7 +286,12 @@ def test_tiny_pretrain_writes_a_complete_run_dir(pretrain_run):
     assert [x["step"] for x in judged] == [2, 4] and all(0 <= x["judge"] <= 1 for x in judged)
     ckpt = checkpoint.resolve(pretrain_run, "transformer")
     assert {"model.safetensors", "ema.safetensors", "state.pt", "vocab.json"} <= {p.name for p in ckpt.iterdir()}
-    assert read_vocab(ckpt) == Vocab.from_json((pretrain_run / "vocab.json").read_text())
+    # the checkpoint's vocabulary is the run's; the tokenizer each records (relative to the run) is the data's
+    got, recorded = read_vocab(ckpt), Vocab.from_json((pretrain_run / "vocab.json").read_text())
+    assert dataclasses.replace(got, tokenizer=None) == dataclasses.replace(recorded, tokenizer=None)
+    tokens = json.loads((token_dir / "tokens.json").read_text())["tokenizer"]
+    assert Path(got.tokenizer).resolve() == (pretrain_run / recorded.tokenizer).resolve() \
+        == (token_dir / tokens).resolve()
 
 
 def test_sft_starts_from_pretrain_and_learns_visual_tokens_only(tmp_path, token_dir, pretrain_run, run_cli):
@@ -438,3 +445,39 @@ def test_fsdp_resume_continues_the_same_run(tmp_path, token_dir):
     _cut_at_step_2(full, tmp_path / "cut")
     _torchrun(tmp_path, token_dir, "cut", 2, *extra, "resume=true", steps=4, ckpt_every=2)
     _assert_same_run(full, tmp_path / "cut")
+
+
+def test_the_held_out_loss_is_the_objective_on_the_held_out_shards(tmp_path, token_dir):
+    """trainer.eval_every with data.val_shards: a val_* row at those steps and at the end, and the last one equals
+    the objective recomputed on every held-out batch with the weights the run saved at that step."""
+    from arlm.transformer.objectives import NextToken
+
+    run = train(cfg_of("pretrain", token_dir, tmp_path / "run", "trainer.eval_every=2", "sample.n=0",
+                       f"data.val_shards={token_dir}"))
+    held = [r for r in rows(run) if "val_loss" in r]
+    assert [r["step"] for r in held] == [2, 4] and all("loss" not in r for r in held)
+    model, vocab, cfg = load_model(run, "cpu", ema=False)
+    data = dataclasses.replace(cfg.data, caption_dropout=0.0)
+    batches = Batches(data, vocab, token_info(str(token_dir)), cfg.model.max_seq_len, torch.device("cpu"))
+    loss, sums = NextToken(cfg, torch.device("cpu")), torch.zeros(4)
+    with torch.no_grad():
+        for step in range(batches.steps_per_epoch):
+            for micro in batches.batch(step):
+                sums += loss(model, micro)[1]
+    want = loss.metrics(sums.tolist())
+    assert held[-1]["val_loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert held[-1]["val_loss_visual"] == pytest.approx(want["loss_visual"], rel=1e-5)
+
+
+def test_a_time_budget_sets_the_length_of_the_run_and_its_schedule(tmp_path, token_dir):
+    """trainer.budget_s: the run stops after the steps its measured rate allows (at most max_steps), and the
+    cosine ends there, at lr * min_lr_ratio."""
+    cfg = cfg_of("pretrain", token_dir, tmp_path / "run", "trainer.max_steps=100000", "trainer.budget_s=3",
+                 "trainer.warmup_steps=5", "trainer.log_every=1", "trainer.image_every=100000",
+                 "trainer.ckpt_every=100000", "sample.n=0")
+    run = train(cfg)
+    r = loss_rows(run)
+    last = r[-1]["step"]
+    assert 60 < last < 100000 and checkpoint.read_meta(checkpoint.resolve(run))["step"] == last
+    assert r[-1]["lr"] == pytest.approx(cfg.trainer.lr * cfg.trainer.min_lr_ratio, rel=0.01)
+    assert r[30]["lr"] > r[-1]["lr"] * 5  # the schedule's length was not fixed by max_steps

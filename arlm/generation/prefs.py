@@ -189,10 +189,39 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
                           f"prompt(s) x {cfg.k} samples: lower margin or raise k")
     chosen = [by_prompt[p][c] for p, c, _ in pairs]
     rejected = [by_prompt[p][r] for p, _, r in pairs]
-    model = sampler.model.float()
-    ref_c = reference_logps(model, sampler.vocab, [j.prompt for j in chosen], torch.stack([j.codes for j in chosen]))
-    ref_r = reference_logps(model, sampler.vocab, [j.prompt for j in rejected], torch.stack([j.codes for j in rejected]))
+    written, kinds = _write_pairs(out, cfg, sampler, pairs, chosen, rejected, rewards)
 
+    tokens = {"tokenizer": checkpoint.record_path(sampler.vocab.tokenizer, out), "grid": list(sampler.grid),
+              "codebook_size": sampler.vocab.codebook_size, "samples": len(pairs)}
+    (out / "tokens.json").write_text(json.dumps(tokens, indent=1))
+    source = f"labels {cfg.labels}" if labels else reward.name
+    report = {"ckpt": ckpt, "out": str(out), "prompts": len(prompts), "samples": len(judged), "pairs": len(pairs),
+              "per_kind": dict(kinds), "reward": source, "margin": cfg.margin, "mode": "labels" if labels else cfg.pairs,
+              "settings": sampler.settings_json(), "shards": [str(p) for p in written]}
+    if rewards:
+        flat = [x for xs in rewards.values() for x in xs]
+        report["reward_mean"] = statistics.fmean(flat)
+        report["reward_chosen"] = statistics.fmean(rewards[p][c] for p, c, _ in pairs)
+        report["reward_rejected"] = statistics.fmean(rewards[p][r] for p, _, r in pairs)
+        report["prompts_without_pair"] = sum(1 for p in prompts if not choose_pairs(rewards[p], cfg.margin, cfg.pairs))
+    if truths:
+        report["truth"] = {"candidates": len(truths), "mean_reward": statistics.fmean(rewards[p][-1] for p in prompts),
+                           "chosen": sum(source_of(jc) == "data" for jc in chosen),
+                           "rejected": sum(source_of(jr) == "data" for jr in rejected)}
+    (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
+    _pairs_sheet(out / "pairs.png", chosen, rejected)
+    report["sheet"] = str(out / "pairs.png")
+    log.info("%d pairs from %d prompts x %d samples in %s", len(pairs), len(prompts), cfg.k, out)
+    return report
+
+
+def _write_pairs(out: Path, cfg: MakePrefsConfig, sampler: Sampler, pairs: list[tuple[str, int, int]],
+                 chosen: list[Judged], rejected: list[Judged], rewards: dict[str, list[float]]) -> tuple[list, Counter]:
+    """The pairs as preference shards in `out`, each side's tokens with its reference log-prob (fp32, the
+    sampling weights); (the shards written, pairs per kind)."""
+    model = sampler.model.float()
+    ref_c, ref_r = (reference_logps(model, sampler.vocab, [j.prompt for j in side], torch.stack([j.codes for j in side]))
+                    for side in (chosen, rejected))
     dtype = token_dtype(sampler.vocab.codebook_size)
     kinds = Counter()
     with new_shard_set(out, cfg.shard_size, overwrite=cfg.overwrite) as writer:
@@ -212,36 +241,19 @@ def _make_prefs(ckpt: str, cfg: MakePrefsConfig, device: str, rank: int = 0, wor
                 files[f"{side}.npy"] = buf.getvalue()
                 files[f"{side}.png"] = encode_png(j.image)
             writer.write(f"{n:07d}", files)
+    return writer.written, kinds
 
-    grid = list(sampler.grid)
-    (out / "tokens.json").write_text(json.dumps({"tokenizer": checkpoint.record_path(sampler.vocab.tokenizer, out), "grid": grid,
-                                                 "codebook_size": sampler.vocab.codebook_size, "samples": len(pairs)},
-                                                indent=1))
-    source = f"labels {cfg.labels}" if labels else reward.name
-    report = {"ckpt": ckpt, "out": str(out), "prompts": len(prompts), "samples": len(judged), "pairs": len(pairs),
-              "per_kind": dict(kinds), "reward": source, "margin": cfg.margin, "mode": "labels" if labels else cfg.pairs,
-              "settings": sampler.settings_json(), "shards": [str(p) for p in writer.written]}
-    if rewards:
-        flat = [x for xs in rewards.values() for x in xs]
-        report["reward_mean"] = statistics.fmean(flat)
-        report["reward_chosen"] = statistics.fmean(rewards[p][c] for p, c, _ in pairs)
-        report["reward_rejected"] = statistics.fmean(rewards[p][r] for p, _, r in pairs)
-        report["prompts_without_pair"] = sum(1 for p in prompts if not choose_pairs(rewards[p], cfg.margin, cfg.pairs))
-    if truths:
-        report["truth"] = {"candidates": len(truths), "mean_reward": statistics.fmean(rewards[p][-1] for p in prompts),
-                           "chosen": sum(source_of(jc) == "data" for jc in chosen),
-                           "rejected": sum(source_of(jr) == "data" for jr in rejected)}
-    (out / PREFS_FILE).write_text(json.dumps({**report, "vocab": json.loads(sampler.vocab.to_json())}, indent=1))
-    firsts = {}  # the first pair of each prompt: pairs=all gives one prompt dozens, which would fill the sheet
+
+def _pairs_sheet(path: Path, chosen: list[Judged], rejected: list[Judged]) -> None:
+    """The first pair of each of the first 24 prompts, chosen left of rejected (pairs=all gives one prompt
+    dozens, which would fill the sheet)."""
+    firsts = {}
     for jc, jr in zip(chosen, rejected):
         firsts.setdefault(jc.prompt, (jc, jr))
     shown = list(firsts.values())[:24]
-    labels_ = [t for jc, jr in shown for t in (f"chosen: {jc.prompt}", "rejected")]
-    contact_sheet([im for jc, jr in shown for im in (jc.image, jr.image)], labels_, cols=8,
-                  marks=[m for _ in shown for m in (True, False)]).save(out / "pairs.png")
-    report["sheet"] = str(out / "pairs.png")
-    log.info("%d pairs from %d prompts x %d samples in %s", len(pairs), len(prompts), cfg.k, out)
-    return report
+    labels = [t for jc, jr in shown for t in (f"chosen: {jc.prompt}", "rejected")]
+    contact_sheet([im for jc, jr in shown for im in (jc.image, jr.image)], labels, cols=8,
+                  marks=[m for _ in shown for m in (True, False)]).save(path)
 
 
 def _write_candidates(folder: Path, prompts: list[str], by_prompt: dict[str, list[Judged]],

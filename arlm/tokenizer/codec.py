@@ -246,7 +246,8 @@ def _pretokenize(tok: Loaded, urls: list[str], size: tuple[int, int], grid: tupl
                     writer.write(raw["key"].decode(), {"npy": raw["npy"], "txt": raw["txt"], "json": raw["json"]})
         finally:
             shutil.rmtree(parts, ignore_errors=True)
-        info = {"tokenizer": checkpoint.record_path(tok.ckpt, out), "codebook_size": tok.model.codebook_size, "stride": tok.model.stride,
+        info = {"tokenizer": checkpoint.record_path(tok.ckpt, out), "codebook_size": tok.model.codebook_size,
+                "stride": tok.model.stride,
                 "grid": list(grid), "size": list(size), "samples": writer.total,
                 "shards": [str(p) for p in writer.written], "skipped": {r: c for r, c in skipped.items() if c}}
         (out / "tokens.json").write_text(json.dumps(info, indent=1))

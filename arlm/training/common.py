@@ -31,6 +31,16 @@ def setup(cfg: TrainerConfig) -> tuple[torch.device, str]:
     return device, precision
 
 
+def check(cfg: TrainerConfig) -> None:
+    """The trainer config's one-line errors, before a stage reads anything."""
+    if cfg.nonfinite not in ("skip", "stop"):
+        raise ConfigError(f"trainer.nonfinite must be skip or stop, got {cfg.nonfinite!r}")
+    if cfg.grad_accum < 1:
+        raise ConfigError("trainer.grad_accum must be at least 1")
+    if cfg.eval_every < 0 or cfg.budget_s < 0:
+        raise ConfigError("trainer.eval_every and trainer.budget_s must be at least 0")
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -134,8 +144,7 @@ class NonFinite:
     the norm and the loss is a device sync: one per step, the price of never stepping on a NaN."""
 
     def __init__(self, cfg: TrainerConfig) -> None:
-        if cfg.nonfinite not in ("skip", "stop"):
-            raise ConfigError(f"trainer.nonfinite must be skip or stop, got {cfg.nonfinite!r}")
+        check(cfg)
         self.cfg = cfg
         self.skipped = 0  # since the last log row
         self.streak = 0

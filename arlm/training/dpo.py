@@ -43,7 +43,8 @@ from arlm.transformer.sequence import VISUAL_R, LayoutError, Vocab
 LOSSES = {
     "sigmoid": lambda h, b, e: -F.logsigmoid(b * h) * (1 - e) - F.logsigmoid(-b * h) * e,  # DPO, conservative DPO
     "ipo": lambda h, b, e: (h - 1 / (2 * b)) ** 2,  # Azar et al. 2023
-    "robust": lambda h, b, e: (-F.logsigmoid(b * h) * (1 - e) + F.logsigmoid(-b * h) * e) / (1 - 2 * e),  # Chowdhury et al. 2024
+    # Chowdhury et al. 2024
+    "robust": lambda h, b, e: (-F.logsigmoid(b * h) * (1 - e) + F.logsigmoid(-b * h) * e) / (1 - 2 * e),
 }
 
 

@@ -1,4 +1,4 @@
-"""`arimg train-tokenizer`: one loop for both stages.
+"""`arimg train-tokenizer`: the tokenizer's stages on the one Trainer (arlm.training.trainer).
 
 VQ-VAE stage (`tokenizer=vqvae`): pixel loss (L1 and/or L2) + the quantizer's losses, optionally the
 perceptual loss. VQ-GAN stage (`tokenizer=vqgan init_from=RUN`): the same plus a PatchGAN discriminator
@@ -32,11 +32,8 @@ checkpoint holds every rank's data position.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -46,15 +43,15 @@ from arlm import checkpoint, parallel
 from arlm.config import TokenizerConfig, TrainTokenizerConfig, to_yaml
 from arlm.data.loader import ShardLoader
 from arlm.device import autocast, resolve_device
-from arlm.errors import ConfigError, UserError
+from arlm.errors import ConfigError
 from arlm.generation.resample import resampler
-from arlm.log import log, progress
+from arlm.log import log
 from arlm.tokenizer.gan import LeCAM, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from arlm.tokenizer.metrics import CodeUsage, psnr
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 from arlm.tokenizer.perceptual import build_perceptual
-from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
-                                  set_lr, set_rng_state, setup)
+from arlm.training.common import Metrics, check, clip_gradients, set_lr, setup
+from arlm.training.trainer import Run, Trainer
 from arlm.viz import line_plot
 
 KIND = "tokenizer"
@@ -69,20 +66,28 @@ def recon_grid(inputs: torch.Tensor, outputs: torch.Tensor, scale: int = 2) -> I
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
-    """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
-    with parallel.launched(resolve_device(cfg.trainer.device), writes=cfg.run_dir) as (rank, world, device):
-        return _train(cfg, yaml, rank, world, device)
+def stage_name(cfg: TrainTokenizerConfig) -> str:
+    """Which of the tokenizer's registered stages a config asks for (`STAGES`)."""
+    if cfg.decoder_only:
+        return "decoder_post" if cfg.resample_from else "decoder"
+    return "vqgan" if cfg.tokenizer.loss.disc_weight > 0 else "vqvae"
 
 
-def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, device: torch.device) -> Path:
+# the tokenizer's stages: one model and one objective, which these switch on and off
+STAGES = {
+    "vqvae": "pixel and quantizer losses (+ perceptual)",
+    "vqgan": "+ a PatchGAN discriminator from loss.disc_start, its own optimizer",
+    "decoder": "the decoder alone, on the frozen encoder and codebook of init_from",
+    "decoder_post": "the decoder alone on a transformer's teacher-forced draws (resample_from)",
+}
+
+
+def check_config(cfg: TrainTokenizerConfig) -> None:
+    """The config's one-line errors, before anything is built."""
     lc, tc = cfg.tokenizer.loss, cfg.trainer
     if tc.compile or tc.grad_accum != 1:
         raise ConfigError("trainer.compile and trainer.grad_accum are for the transformer stages; train-tokenizer "
                           "runs without them")
-    if world > 1 and tc.parallel != "ddp":
-        raise ConfigError(f"train-tokenizer replicates its models on every process: trainer.parallel must be ddp, "
-                          f"got {tc.parallel!r}")
     if lc.token_noise and not cfg.decoder_only:
         raise ConfigError("tokenizer.loss.token_noise is for a decoder trained alone: set decoder_only=true "
                           "(and init_from)")
@@ -95,177 +100,206 @@ def _train(cfg: TrainTokenizerConfig, yaml: str | None, rank: int, world: int, d
     if cfg.resample_from and cfg.data.crop_size:
         raise ConfigError("resample_from draws whole token grids after each image's caption: train on whole images "
                           "(data.crop_size=null)")
-    precision = setup(tc)[1]  # and the same seeds in every process; the device is this process's own
-    guard = NonFinite(tc)
-    run = Path(cfg.run_dir)
-    model = Tokenizer(cfg.tokenizer).to(device)  # validates the architecture before anything is written
-    init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
-    if init is not None and run.resolve() in init.resolve().parents:
-        raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
-    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)
-    if cfg.decoder_only and init is None and resume_from is None:
-        raise ConfigError("decoder_only=true trains a decoder on the frozen encoder and codebook of a tokenizer: "
-                          "give that tokenizer as init_from=RUN")
-    if init is not None and cfg.decoder_only:
-        load_frozen(model, init)
-    elif init is not None:
-        checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
-        log.info("weights from %s", init)
-    if cfg.decoder_only:  # the encoder and the quantizer (codebook, k-means, restarts) never change
-        for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
-            p.requires_grad_(False)
-    resample = resampler(cfg.resample_from, cfg.resample_share, cfg.sampling, init or resume_from, device,
-                         precision) if cfg.resample_from else None
-    # this rank's part of every global batch; checks the shards and that the processes divide the batch
-    loader = ShardLoader(cfg.data, repeat=True, drop_last=True, split=True)
-    parallel.barrier()  # every process has checked its inputs
-    yaml = yaml if yaml is not None else to_yaml(cfg)
-    if rank == 0:
-        if resume_from is None:  # every input checked: now an old run in run_dir may go (overwrite=true)
-            prepare_run_dir(run, KIND, False, True)
-        (run / "images").mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml)
-        (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world}, indent=1))
-    # fused: one kernel for all parameters (measured 5.9x faster than the per-tensor loop on the CPU preset)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=tuple(tc.betas),
-                            weight_decay=tc.weight_decay, fused=True)
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    gan = lc.disc_weight > 0
-    disc = PatchDiscriminator(lc.disc_channels, lc.disc_layers).to(device) if gan else None
-    # taming-transformers' discriminator optimiser settings
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9), fused=True) if gan else None
-    lecam = LeCAM().to(device) if gan and lc.lecam > 0 else None
-    perceptual = build_perceptual(lc.perceptual_weights).to(device) if lc.perceptual > 0 else None
-    usage = CodeUsage(model.codebook_size, USAGE_WINDOW)
-    sync = parallel.Collectives()  # the identity in one process
-    model.quantizer.sync = sync
-    step = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        checkpoint.load_into(model, checkpoint.load_weights(resume_from, "model"), resume_from)
-        opt.load_state_dict(state["opt"])
-        if ema:
-            ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
-        if gan:
-            checkpoint.load_into(disc, checkpoint.load_weights(resume_from, "disc"), resume_from)
-            opt_d.load_state_dict(state["opt_d"])
-            if lecam:
-                lecam.load_state_dict(state["lecam"])
-        usage.load_state_dict(state["usage"])
-        loader.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resuming %s at step %d", run, step)
-    # what the loop calls: DDP averages the gradients; `model` and `disc` stay the modules that are saved
-    net = parallel.replicate(model, world)
-    disc_net = parallel.replicate(disc, world) if gan else None
-    metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
 
-    def save() -> None:
-        data = ShardLoader.merge_states(parallel.all_gather_object(loader.state_dict()))  # every process takes part
-        if rank != 0:
-            parallel.barrier()
-            return
-        weights = {"model": model.state_dict()}
-        state = {"step": step, "opt": opt.state_dict(), "usage": usage.state_dict(), "data": data,
-                 "rng": rng_state(), "world_size": world}
-        if ema:
-            weights["ema"] = ema.state_dict()
-        if gan:
-            weights["disc"] = disc.state_dict()
-            state["opt_d"] = opt_d.state_dict()
-            if lecam:
-                state["lecam"] = lecam.state_dict()
-        path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints)
-        log.info("checkpoint %s", path)
-        parallel.barrier()
 
-    def mean(t: torch.Tensor) -> torch.Tensor:
+def train(cfg: TrainTokenizerConfig, yaml: str | None = None) -> Path:
+    """Train a tokenizer; returns the run directory. `yaml` is the resolved config as the user composed it."""
+    with parallel.launched(resolve_device(cfg.trainer.device), writes=cfg.run_dir) as (rank, world, device):
+        check_config(cfg)
+        check(cfg.trainer)
+        if world > 1 and cfg.trainer.parallel != "ddp":
+            raise ConfigError(f"train-tokenizer replicates its models on every process: trainer.parallel must be "
+                              f"ddp, got {cfg.trainer.parallel!r}")
+        precision = setup(cfg.trainer)[1]  # and the same seeds in every process; the device is this process's own
+        model = Tokenizer(cfg.tokenizer).to(device)  # validates the architecture before anything is written
+        run = Run(cfg.run_dir, KIND, cfg.resume, cfg.overwrite, cfg.init_from, rank)
+        stage = TokenizerStage(cfg, model, run, device, precision, rank, world)
+        trainer = Trainer(cfg.trainer, run, stage, device, precision, rank, world)
+        run.start(yaml if yaml is not None else to_yaml(cfg), {"world_size": world, "stage": stage_name(cfg)})
+        trainer.start()
+        trainer.fit(cfg.trainer.max_steps)
+        stage.loader.skips.log_summary()
+        return run.path
+
+
+class TokenizerStage:
+    """The autoencoder and its quantizer on the one Trainer: the losses of `STAGES`, the discriminator's step
+    after each applied one, code usage over a rolling window, reconstruction grids."""
+
+    kind = KIND
+    n_stats = 0  # the row's figures are the last step's, averaged over the processes (`figures`)
+
+    def __init__(self, cfg: TrainTokenizerConfig, model: Tokenizer, run: Run, device: torch.device, precision: str,
+                 rank: int, world: int) -> None:
+        self.cfg, self.model, self.run, self.device, self.precision = cfg, model, run, device, precision
+        self.rank, self.world, self.name = rank, world, "train-tokenizer"
+        lc = cfg.tokenizer.loss
+        init = run.init
+        if cfg.decoder_only and init is None and run.resume_from is None:
+            raise ConfigError("decoder_only=true trains a decoder on the frozen encoder and codebook of a tokenizer: "
+                              "give that tokenizer as init_from=RUN")
+        if init is not None and cfg.decoder_only:
+            load_frozen(model, init)
+        elif init is not None:
+            checkpoint.load_into(model, checkpoint.load_weights(init, "model"), init)
+            log.info("weights from %s", init)
+        if cfg.decoder_only:  # the encoder and the quantizer (codebook, k-means, restarts) never change
+            for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
+                p.requires_grad_(False)
+        self.resample = resampler(cfg.resample_from, cfg.resample_share, cfg.sampling, init or run.resume_from,
+                                  device, precision) if cfg.resample_from else None
+        # this rank's part of every global batch; checks the shards and that the processes divide the batch
+        self.loader = ShardLoader(cfg.data, repeat=True, drop_last=True, split=True)
+        self.gan = lc.disc_weight > 0
+        self.disc = PatchDiscriminator(lc.disc_channels, lc.disc_layers).to(device) if self.gan else None
+        # taming-transformers' discriminator optimiser settings
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9), fused=True) \
+            if self.gan else None
+        self.lecam = LeCAM().to(device) if self.gan and lc.lecam > 0 else None
+        self.perceptual = build_perceptual(lc.perceptual_weights).to(device) if lc.perceptual > 0 else None
+        self.usage = CodeUsage(model.codebook_size, USAGE_WINDOW)
+        self.sync = parallel.Collectives()  # the identity in one process
+        model.quantizer.sync = self.sync
+        if run.resume_from is not None:
+            checkpoint.load_into(model, checkpoint.load_weights(run.resume_from, "model"), run.resume_from)
+            if self.gan:
+                checkpoint.load_into(self.disc, checkpoint.load_weights(run.resume_from, "disc"), run.resume_from)
+        self.val = self._held_out() if cfg.trainer.eval_every else None
+        self.last_layer = model.decoder.out[-2 if cfg.tokenizer.stem_patch else -1].weight
+
+    def wrap(self) -> None:
+        tc = self.cfg.trainer
+        # fused: one kernel for all parameters (measured 5.9x faster than the per-tensor loop on the CPU preset)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=tc.lr,
+                                     betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=True)
+        # what a step calls: DDP averages the gradients; `model` and `disc` stay the modules that are saved
+        self.net = parallel.replicate(self.model, self.world)
+        self.disc_net = parallel.replicate(self.disc, self.world) if self.gan else None
+        # the first images of the set at full size (not crops), reconstructed in every grid
+        grid = dataclasses.replace(self.cfg.data, crop_size=None, batch_size=GRID_IMAGES, shuffle_buffer=0,
+                                   num_workers=0)
+        self.fixed = next(iter(ShardLoader(grid, repeat=False, rank=0, world_size=1)))["image"] if self.rank == 0 \
+            else None
+        train_mode(self.model, self.cfg.decoder_only)
+        self.batches = iter(self.loader)
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean over processes of a per-process figure (a mean over the local batch)."""
-        return parallel.all_sum(t.detach().clone()) / world if world > 1 else t.detach()
+        return parallel.all_sum(t.detach().clone()) / self.world if self.world > 1 else t.detach()
 
-    # the first images of the set at full size (not crops), reconstructed in every grid
-    grid_data = dataclasses.replace(cfg.data, crop_size=None, batch_size=GRID_IMAGES, shuffle_buffer=0, num_workers=0)
-    fixed = next(iter(ShardLoader(grid_data, repeat=False, rank=0, world_size=1)))["image"] if rank == 0 else None
-    last_layer = model.decoder.out[-2 if cfg.tokenizer.stem_patch else -1].weight
-    train_mode(model, cfg.decoder_only)
-    parallel.barrier()  # rank 0 has written the run's first files
-    t0, seen = time.perf_counter(), 0
-    with progress() if rank == 0 else contextlib.nullcontext() as bar:
-        task = bar.add_task("train-tokenizer", total=tc.max_steps, completed=step, info="") if bar else None
-        for batch in loader:
-            if step >= tc.max_steps:
-                break
-            x = to_unit(batch["image"].to(device))  # (B, 3, H, W) in [-1, 1]
-            set_lr(opt, lr_at(step, tc))
-            with autocast(device, precision):
-                draw = functools.partial(resample, batch["caption"]) if resample else None
-                recon, indices, qlosses = net(x, lc.token_noise, draw)
+    def micro_batches(self, step: int) -> list:
+        self.step_now = step  # the adversarial term starts at loss.disc_start
+        return [next(self.batches)]
+
+    def norm(self, micro) -> torch.Tensor:
+        return torch.ones((), device=self.device)  # each process's loss is a mean over its own part of the batch
+
+    def objective(self, micro) -> tuple[torch.Tensor, torch.Tensor]:
+        lc, step = self.cfg.tokenizer.loss, self.step_now
+        x = to_unit(micro["image"].to(self.device))  # (B, 3, H, W) in [-1, 1]
+        draw = functools.partial(self.resample, micro["caption"]) if self.resample else None
+        recon, indices, qlosses = self.net(x, lc.token_noise, draw)
+        with torch.autocast(self.device.type, enabled=False):  # the losses in fp32
             recon = recon.float()
-            # losses in fp32
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
-            if perceptual is not None:
-                rec = rec + lc.perceptual * perceptual(recon, x).mean()
+            if self.perceptual is not None:
+                rec = rec + lc.perceptual * self.perceptual(recon, x).mean()
             loss = rec
-            if not cfg.decoder_only:  # a frozen quantizer's losses have no gradient
-                loss = loss + lc.codebook * sum(qlosses.values(), torch.zeros((), device=device))
-            logs = {"rec": rec}
-            adversarial = gan and step >= lc.disc_start
-            if adversarial:
-                with autocast(device, precision):  # `disc`, not DDP's: no gradient of the discriminator is wanted
-                    g = hinge_g_loss(disc(recon))
-                with parallel.mean_grad(last_layer):  # the two gradients of the global batch
-                    w = adaptive_weight(rec, g, last_layer) if lc.adaptive else torch.ones((), device=device)
+            if not self.cfg.decoder_only:  # a frozen quantizer's losses have no gradient
+                loss = loss + lc.codebook * sum(qlosses.values(), torch.zeros((), device=self.device))
+        logs = {"rec": rec}
+        if self.gan and step >= lc.disc_start:  # adversarial
+            g = hinge_g_loss(self.disc(recon))  # `disc`, not DDP's: no gradient of the discriminator is wanted
+            with torch.autocast(self.device.type, enabled=False), parallel.mean_grad(self.last_layer):
+                # the two gradients of the global batch
+                w = adaptive_weight(rec, g, self.last_layer) if lc.adaptive else torch.ones((), device=self.device)
                 loss = loss + lc.disc_weight * w * g
-                logs.update(g=g, g_weight=w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # the gradient norm is the same on every process (DDP averaged it); the loss is made so: all decide alike
-            good = guard.ok(clip_gradients(model.parameters(), tc.grad_clip), mean(loss), step)
-            if good:
-                opt.step()
-                if ema:
-                    ema.update(model)
-            if good and gan and step >= lc.disc_start - lc.disc_warmup:
-                set_lr(opt_d, lc.disc_lr)
-                with autocast(device, precision):
-                    real, fake = disc_net(x).float(), disc_net(recon.detach()).float()
-                d_loss = hinge_d_loss(real, fake)
-                if lecam:
-                    d_loss = d_loss + lc.lecam * lecam.penalty(real, fake)
-                    lecam.update(real, fake)
-                    for anchor in lecam.buffers() if world > 1 else ():  # the mean of the lerps: the global one's
-                        anchor.copy_(mean(anchor))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                if guard.ok(clip_gradients(disc.parameters(), 0), mean(d_loss), step, "discriminator"):
-                    opt_d.step()
-                logs.update(d=d_loss, logits_real=real.mean(), logits_fake=fake.mean())
-            usage.update(sync.all_gather(indices))  # the global batch's codes, on every process alike
-            step += 1
-            seen += len(x) * world
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                # the global batch's means; .item() only here: each is a device sync
-                figures = {"loss": loss, **logs, **qlosses,
-                           "psnr": psnr(from_unit(x), from_unit(recon.detach())).clamp(max=99).mean()}
-                values = mean(torch.stack([v.detach().double() for v in figures.values()])).tolist()
-                row = {"step": step, **dict(zip(figures, values)),
-                       "usage": usage.usage(), "perplexity": usage.perplexity(), "skipped_steps": guard.take(),
-                       "lr": opt.param_groups[0]["lr"],
-                       "img_s": seen / (time.perf_counter() - t0)}
-                if metrics:
-                    metrics.write(row)
-                    bar.update(task, completed=step, info=f"loss {row['loss']:.4f}  psnr {row['psnr']:.2f}  "
-                                                          f"usage {row['usage']:.0%}  {row['img_s']:.0f} img/s")
-            if rank == 0 and (step % tc.image_every == 0 or step == tc.max_steps):
-                write_pictures(run, step, model, fixed, metrics, device, precision)
-                train_mode(model, cfg.decoder_only)
-            if step % tc.ckpt_every == 0 or step == tc.max_steps:
-                save()
-    if metrics:
-        metrics.close()
-    loader.skips.log_summary()
-    return run
+            logs.update(g=g, g_weight=w)
+        self.x, self.recon, self.indices = x, recon, indices
+        self.logged = {"loss": loss, **logs, **qlosses}
+        return loss, torch.zeros(0, device=self.device)
+
+    def after_step(self, step: int, applied: bool, guard) -> None:
+        """The discriminator's step after an applied one (from disc_start - disc_warmup on), and code usage."""
+        lc = self.cfg.tokenizer.loss
+        if applied and self.gan and step >= lc.disc_start - lc.disc_warmup:
+            set_lr(self.opt_d, lc.disc_lr)
+            with autocast(self.device, self.precision):
+                real, fake = self.disc_net(self.x).float(), self.disc_net(self.recon.detach()).float()
+            d_loss = hinge_d_loss(real, fake)
+            if self.lecam:
+                d_loss = d_loss + lc.lecam * self.lecam.penalty(real, fake)
+                self.lecam.update(real, fake)
+                for anchor in self.lecam.buffers() if self.world > 1 else ():  # the mean of the lerps: the global one
+                    anchor.copy_(self.mean(anchor))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if guard.ok(clip_gradients(self.disc.parameters(), 0), self.mean(d_loss), step, "discriminator"):
+                self.opt_d.step()
+            self.logged.update(d=d_loss, logits_real=real.mean(), logits_fake=fake.mean())
+        self.usage.update(self.sync.all_gather(self.indices))  # the global batch's codes, on every process alike
+
+    def figures(self, sums: list[float]) -> dict[str, float]:
+        """The last step's figures, the global batch's means (.item() only here: each is a device sync)."""
+        figures = {**self.logged, "psnr": psnr(from_unit(self.x), from_unit(self.recon.detach())).clamp(max=99).mean()}
+        values = self.mean(torch.stack([v.detach().double() for v in figures.values()])).tolist()
+        return {**dict(zip(figures, values)), "usage": self.usage.usage(), "perplexity": self.usage.perplexity()}
+
+    def speed(self, steps: int, elapsed: float) -> dict[str, float]:
+        return {"img_s": steps * self.cfg.data.batch_size / elapsed}
+
+    def shown(self, row: dict) -> str:
+        return f"loss {row['loss']:.4f}  psnr {row['psnr']:.2f}  usage {row['usage']:.0%}  {row['img_s']:.0f} img/s"
+
+    def _held_out(self) -> list[torch.Tensor] | None:
+        """The held-out images (`data.val_shards`, whole, as many as fill the batches of data.batch_size)."""
+        if not self.cfg.data.val_shards:
+            return None
+        data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.val_shards, crop_size=None, shuffle_buffer=0,
+                                   num_workers=0)
+        return [b["image"] for b in ShardLoader(data, repeat=False, drop_last=True, split=True)]
+
+    def validate(self) -> dict[str, float]:
+        """Reconstruction loss and PSNR of the held-out images, through the quantizer (eval mode: no code moves)."""
+        if not self.val:
+            return {}
+        self.model.eval()
+        lc, sums = self.cfg.tokenizer.loss, torch.zeros(3, dtype=torch.float64, device=self.device)
+        for images in self.val:
+            x = to_unit(images.to(self.device))
+            recon = self.model(x)[0].float()
+            rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
+            sums += torch.stack([rec * len(x), psnr(from_unit(x), from_unit(recon)).clamp(max=99).sum(),
+                                 torch.tensor(float(len(x)), device=self.device)]).double()
+        rec, p, n = parallel.all_sum(sums).tolist()
+        train_mode(self.model, self.cfg.decoder_only)
+        return {"rec": rec / n, "psnr": p / n}
+
+    def pictures(self, step: int, ema, metrics) -> None:
+        if self.rank == 0:
+            write_pictures(self.run.path, step, self.model, self.fixed, metrics, self.device, self.precision)
+            train_mode(self.model, self.cfg.decoder_only)
+
+    def extra_weights(self) -> dict:
+        return {"disc": self.disc.state_dict()} if self.gan else {}
+
+    def state_dict(self) -> dict:
+        data = ShardLoader.merge_states(parallel.all_gather_object(self.loader.state_dict()))  # every process
+        state = {"usage": self.usage.state_dict(), "data": data}
+        if self.gan:
+            state["opt_d"] = self.opt_d.state_dict()
+            if self.lecam:
+                state["lecam"] = self.lecam.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.gan:
+            self.opt_d.load_state_dict(state["opt_d"])
+            if self.lecam:
+                self.lecam.load_state_dict(state["lecam"])
+        self.usage.load_state_dict(state["usage"])
+        self.loader.load_state_dict(state["data"])
+        self.batches = iter(self.loader)
 
 
 def train_mode(model: Tokenizer, decoder_only: bool) -> None:

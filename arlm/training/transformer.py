@@ -1,31 +1,25 @@
-"""`arimg pretrain`, `arimg sft` and `arimg dpo`: one trainer for every stage of the transformer.
+"""The transformer's stages on the one Trainer (arlm.training.trainer): `arimg pretrain`, `sft`, `dpo` and `grpo`.
 
 pretrain: next-token loss on the whole sequence, the text and layout targets weighted by `loss.text_weight`.
 sft: starts from a pretrain checkpoint (its model config and weights), loss on the visual tokens only
 (`loss.visual_only`), on a curated set or a filter of one (`data.kinds`, `data.caption_regex`), with its own
 schedule (`trainer=sft`).
 dpo: starts from a trained run, on the preference pairs of `arimg make-prefs` (arlm.training.dpo).
+grpo: starts from a trained run, on groups of its own samples drawn as it trains (arlm.training.grpo).
 
-A stage is its batches and its objective (arlm.transformer.objectives, `_stage_parts`); everything else,
-set-up and loop, is shared.
-
-The loop: AdamW (no decay on norms and embeddings), warmup + cosine, gradient accumulation, clipping,
-autocast (bf16 where it is fast, arlm.perf), optional torch.compile and weight EMA; parallelism is applied
-from outside (arlm.parallel). Every `log_every` steps a metrics row (loss, visual loss, lr,
-tokens/s, MFU against the matmul peak measured at start, memory); every `image_every` a sample grid of the
-fixed prompts, judged (arlm.judge), and loss/judge plots; every `ckpt_every` an atomic checkpoint with the
-vocabulary. Rank 0 alone writes; every rank runs the same steps. The batch of a step is a function of the
-step (arlm.transformer.data), so `resume=true` continues the same run: on CPU the losses after a resume
-equal those of an uninterrupted run.
+A stage differs from another only in its batches and its objective (`STAGES`; the objectives live in
+arlm.transformer.objectives, dpo and grpo). `TransformerStage` adds what every one of them shares: AdamW (no
+decay on norms and embeddings), parallelism and compilation applied from outside the model (arlm.parallel), a
+metrics row with tokens/s and MFU against the matmul peak measured at start, sample grids of the fixed prompts
+judged every `image_every` steps (arlm.judge), the held-out loss on `data.val_shards` every `eval_every`, and
+the vocabulary in every checkpoint. The batch of a step is a function of the step (arlm.transformer.data), so
+`resume=true` continues the same run: on CPU the losses after a resume equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import resource
-import time
 from pathlib import Path
 
 import torch
@@ -33,16 +27,16 @@ from omegaconf import OmegaConf
 
 from arlm import checkpoint, parallel
 from arlm.config import TrainTransformerConfig, to_yaml
-from arlm.device import autocast, resolve_device
+from arlm.device import resolve_device
 from arlm.errors import ConfigError, UserError
 from arlm.generation.judged import sample_and_judge, verdict_labels
 from arlm.generation.sampler import image_seed
 from arlm.judge import summarize
-from arlm.log import log, progress
+from arlm.log import log
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.training import dpo, grpo
-from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
-                                  seed_all, set_lr, set_rng_state)
+from arlm.training.common import EMA, Metrics, check, seed_all
+from arlm.training.trainer import Run, Trainer
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab, vocab_json
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
 from arlm.transformer.model import Transformer
@@ -50,8 +44,6 @@ from arlm.transformer.objectives import NextPatch, NextToken
 from arlm.transformer.sample import Settings, check_prompt
 from arlm.transformer.sequence import LayoutError, Vocab
 from arlm.viz import contact_sheet, line_plot
-
-STAGES = ("pretrain", "sft", "dpo", "grpo")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -79,18 +71,14 @@ def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab
     return read_vocab(ckpt)
 
 
-def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
-                 precision: str, rank: int, world: int):
-    """(batches, objective) of the stage: token batches and next-token loss, preference pairs and DPO, or
-    groups sampled online and their rewards. For DPO with `dpo.epochs` it also sets `trainer.max_steps` from
-    the pair count, which only the loaded pairs know."""
-    args = (vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
-    if cfg.stage == "grpo":
-        return (grpo.OnlineBatches(cfg, vocab, info, model, device, precision, rank, world, cfg.trainer.grad_accum),
-                grpo.GroupReward(cfg.grpo))
-    if cfg.stage != "dpo":
-        objective = NextPatch(cfg, device, tuple(info.grid)) if cfg.loss.patch > 1 else NextToken(cfg, device)
-        return Batches(cfg.data, *args), objective
+def _pretrain_parts(cfg, vocab, info, model, device, precision, rank, world):
+    """Token batches and the next-token (or next-patch) loss: pretrain and sft."""
+    objective = NextPatch(cfg, device, tuple(info.grid)) if cfg.loss.patch > 1 else NextToken(cfg, device)
+    return Batches(cfg.data, vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum), objective
+
+
+def _dpo_parts(cfg, vocab, info, model, device, precision, rank, world):
+    """Preference pairs and the DPO loss (against the shards' reference log-probs, or a live frozen copy)."""
     dpo.check_config(cfg.dpo)  # before loading a reference model
     reference = None
     if cfg.dpo.reference == "live":  # the initial weights, also after a resume
@@ -98,9 +86,24 @@ def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transfo
         reference = Transformer(cfg.model, vocab.padded_size)
         checkpoint.load_into(reference, checkpoint.load_weights(start, "model"), start)
         reference = reference.to(device).eval().requires_grad_(False)
-    batches = dpo.PrefBatches(cfg.data, *args)
-    cfg.trainer.max_steps = dpo.schedule_steps(cfg.dpo, cfg.trainer.max_steps, batches.n, cfg.data.batch_size)
+    batches = dpo.PrefBatches(cfg.data, vocab, info, cfg.model.max_seq_len, device, rank, world, cfg.trainer.grad_accum)
     return batches, dpo.Preference(cfg.dpo, reference)
+
+
+def _grpo_parts(cfg, vocab, info, model, device, precision, rank, world):
+    """Groups sampled online from the model being trained, and the group-relative policy gradient."""
+    return (grpo.OnlineBatches(cfg, vocab, info, model, device, precision, rank, world, cfg.trainer.grad_accum),
+            grpo.GroupReward(cfg.grpo))
+
+
+# the transformer's stages: name -> (batches, objective) builder; every other part of a stage is shared
+STAGES = {"pretrain": _pretrain_parts, "sft": _pretrain_parts, "dpo": _dpo_parts, "grpo": _grpo_parts}
+
+
+def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
+                 precision: str, rank: int, world: int):
+    """(batches, objective) of the stage (`STAGES`)."""
+    return STAGES[cfg.stage](cfg, vocab, info, model, device, precision, rank, world)
 
 
 def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
@@ -111,151 +114,163 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
     if cfg.loss.patch < 1 or (cfg.loss.patch > 1 and cfg.stage not in ("pretrain", "sft")):
         raise ConfigError(f"loss.patch must be 1, or more for pretrain and sft only; got {cfg.loss.patch} for "
                           f"{cfg.stage}")
-    if tc.grad_accum < 1:
-        raise ConfigError("trainer.grad_accum must be at least 1")
+    check(tc)
     with parallel.launched(resolve_device(tc.device), writes=cfg.run_dir) as (rank, world, device):
-        return _train(cfg, yaml, rank, world, device)
+        try:
+            precision = resolve_precision(tc.precision, device)
+        except ValueError as e:
+            raise ConfigError(f"trainer.{e}") from None
+        if cfg.stage in ("sft", "dpo", "grpo") and not cfg.init_from and not cfg.resume:
+            raise ConfigError(f"{cfg.stage} starts from a trained run: pass init_from=RUN")
+        run = Run(cfg.run_dir, KIND, cfg.resume, cfg.overwrite, cfg.init_from, rank)
+        stage = TransformerStage(cfg, run, device, precision, rank, world)
+        trainer = Trainer(tc, run, stage, device, precision, rank, world,
+                          files={VOCAB_FILE: vocab_json(stage.vocab, run.path).encode()})
+        # the config as run: with the model config a checkpoint imposed (and the steps of dpo.epochs)
+        yaml = to_yaml(OmegaConf.structured(cfg)) if yaml is None or run.source is not None else yaml
+        run.start(yaml, {"world_size": world, "stage": cfg.stage, "precision": precision,
+                         "params": stage.model.num_params()},
+                  {VOCAB_FILE: vocab_json(stage.vocab, run.path)})
+        trainer.start()
+        stage.describe()
+        trainer.fit(tc.max_steps)
+        stage.batches.skips.log_summary()
+        return run.path
 
 
-def _train(cfg: TrainTransformerConfig, yaml: str | None, rank: int, world: int, device: torch.device) -> Path:
-    tc = cfg.trainer
-    try:
-        precision = resolve_precision(tc.precision, device)
-    except ValueError as e:
-        raise ConfigError(f"trainer.{e}") from None
-    guard = NonFinite(tc)
-    run = Path(cfg.run_dir)
-    init = checkpoint.resolve(cfg.init_from, KIND) if cfg.init_from and not cfg.resume else None
-    if cfg.stage in ("sft", "dpo", "grpo") and init is None and not cfg.resume:
-        raise ConfigError(f"{cfg.stage} starts from a trained run: pass init_from=RUN")
-    if init is not None and run.resolve() in init.resolve().parents:
-        raise UserError(f"init_from={cfg.init_from} lies inside run_dir={run}: give the new stage its own run_dir")
-    resume_from = prepare_run_dir(run, KIND, cfg.resume, cfg.overwrite, clear=False)  # cleared once all is checked
-    saved_vocab = _setup_model_config(cfg, resume_from or init)
+def _held_out(cfg: TrainTransformerConfig, vocab: Vocab, info: TokenInfo, device: torch.device, rank: int,
+              world: int) -> Batches | None:
+    """The held-out token shards (`data.val_shards`) as batches of the training set's size, read once per
+    evaluation, without caption dropout; None without them."""
+    if not cfg.data.val_shards:
+        return None
+    if cfg.stage not in ("pretrain", "sft"):
+        raise ConfigError(f"data.val_shards: a held-out loss is for pretrain and sft, not {cfg.stage}")
+    data = dataclasses.replace(cfg.data, shards=cfg.data.val_shards, caption_dropout=0.0, mode="memory", kinds=None,
+                               caption_regex=None)
+    held = token_info(data.shards)
+    if (held.codebook_size, tuple(held.grid)) != (info.codebook_size, tuple(info.grid)):
+        raise ConfigError(f"data.val_shards={data.shards}: codebook {held.codebook_size} and grid {held.grid}, "
+                          f"where the training shards have {info.codebook_size} and {info.grid}")
+    batches = Batches(data, vocab, held, cfg.model.max_seq_len, device, rank, world, 1)
+    if batches.steps_per_epoch < 1:
+        raise ConfigError(f"data.val_shards={data.shards} holds fewer samples than data.batch_size")
+    return batches
+
+
+def _vocab(cfg: TrainTransformerConfig, run: Run) -> tuple[Vocab, TokenInfo]:
+    """The stage's vocabulary and token data: a checkpoint's model keeps its ids (and its model config); a new
+    one counts its words in the data."""
+    saved = _setup_model_config(cfg, run.source)
     if cfg.stage == "grpo":  # no token shards: the model writes its own data, in its checkpoint's vocabulary
-        if not saved_vocab.grid:
-            raise ConfigError(f"{resume_from or init} does not record its grid: grpo cannot sample it")
-        info = TokenInfo(saved_vocab.codebook_size, saved_vocab.tokenizer, tuple(saved_vocab.grid))
+        if not saved.grid:
+            raise ConfigError(f"{run.source} does not record its grid: grpo cannot sample it")
+        info = TokenInfo(saved.codebook_size, saved.tokenizer, tuple(saved.grid))
     else:
         info = token_info(cfg.data.shards)
-    # a checkpoint's model keeps its ids, the word list included; a new one counts its words in the data
-    words = saved_vocab.words if saved_vocab is not None else caption_words(cfg.data, info)
+    words = saved.words if saved is not None else caption_words(cfg.data, info)
     vocab = Vocab(info.codebook_size, info.tokenizer, grid=tuple(info.grid), words=words)
-    if saved_vocab is not None:
-        if not saved_vocab.compatible(vocab):
+    if saved is not None:
+        if not saved.compatible(vocab):
             raise LayoutError(f"the data's vocabulary (codebook {vocab.codebook_size}) is not the checkpoint's "
-                              f"(codebook {saved_vocab.codebook_size}, grid up to {saved_vocab.max_grid})")
-        vocab = dataclasses.replace(vocab, tokenizer=vocab.tokenizer or saved_vocab.tokenizer)
+                              f"(codebook {saved.codebook_size}, grid up to {saved.max_grid})")
+        vocab = dataclasses.replace(vocab, tokenizer=vocab.tokenizer or saved.tokenizer)
     for prompt in cfg.sample.prompts:
         check_prompt(vocab, prompt, *info.grid, cfg.model.max_seq_len)
+    return vocab, info
 
-    seed_all(tc.seed)  # the same initial weights in every process
-    model = Transformer(cfg.model, vocab.padded_size)
-    source = resume_from or init
-    if source is not None:
-        checkpoint.load_into(model, checkpoint.load_weights(source, "model"), source)
-        log.info("weights from %s", source)
-    model.to(device)
-    batches, objective = _stage_parts(cfg, vocab, info, model, device, precision, rank, world)
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    if ema and resume_from is not None:
-        ema.load_state_dict(checkpoint.load_weights(resume_from, "ema"))
-    if rank == 0 and resume_from is None:  # every input checked: now an old run in run_dir may go
-        prepare_run_dir(run, KIND, False, True)
-    parallel.barrier()
-    net = parallel.parallelize(model, tc.parallel, tc.compile, world)  # what the loop calls
-    if ema:  # under FSDP2 each process averages its own shard of the weights
-        ema.shadow = parallel.shard_like(model, ema.shadow)
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-                            fused=device.type == "cuda")
-    step = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        parallel.load_optimizer_state(model, opt, state["opt"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resuming %s at step %d", run, step)
 
-    # the config as run: with the model config a checkpoint imposed
-    yaml = to_yaml(OmegaConf.structured(cfg)) if yaml is None or source is not None else yaml
-    if rank == 0:
-        (run / "images").mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml)
-        (run / "run.json").write_text(json.dumps({**run_info(), "world_size": world, "precision": precision,
-                                                  "params": model.num_params()}, indent=1))
-        (run / VOCAB_FILE).write_text(vocab_json(vocab, run))
-    metrics = Metrics(run / "metrics.jsonl", step if resume_from is not None else None) if rank == 0 else None
-    flops_tok = model.flops_per_token(batches.seq_len)
-    if isinstance(objective, NextPatch):  # the model runs over the shorter sequence: FLOPs per data token
-        short = objective.positions(batches.seq_len)
-        flops_tok = model.flops_per_token(short) * short / batches.seq_len
-    peak = matmul_flops(DTYPES[precision], device)  # per process, measured now: MFU is against this machine
-    log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
-             cfg.stage, model.num_params() / 1e6, batches.tokens_per_step // batches.seq_len, batches.seq_len, world,
-             tc.grad_accum, precision)  # DPO: two sequences (chosen, rejected) per pair of data.batch_size
-    pictures = SamplePictures(cfg, vocab, info.grid, run, rank, precision, objective.plots)
+class TransformerStage:
+    """pretrain, sft, dpo and grpo on the one Trainer: a transformer, the stage's batches and objective
+    (`STAGES`), its sample grids."""
 
-    def save() -> None:
-        weights = {"model": parallel.model_state(model)}
-        if ema:
-            weights["ema"] = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in ema.state_dict().items()}
-        state = {"step": step, "opt": parallel.optimizer_state(model, opt), "rng": rng_state(), "world_size": world}
-        if rank == 0:
-            path = checkpoint.save(run, step, KIND, weights, state, yaml, keep=tc.keep_checkpoints,
-                                   files={VOCAB_FILE: vocab_json(vocab, run).encode()})
-            log.info("checkpoint %s", path)
-        parallel.barrier()
+    kind = KIND
 
-    sums = torch.zeros(objective.n_stats, device=device)  # the objective's statistics since the last log
-    t0, tokens_seen = time.perf_counter(), 0
-    with progress() if rank == 0 else contextlib.nullcontext() as bar:
-        task = bar.add_task(cfg.stage, total=tc.max_steps, completed=step, info="") if bar else None
-        while step < tc.max_steps:
-            lr = lr_at(step, tc)
-            set_lr(opt, lr)
-            micro = batches.batch(step)
-            total = parallel.all_sum(sum(objective.norm(m) for m in micro).detach().clone())  # the global batch's
-            step_stats, step_loss = torch.zeros_like(sums), torch.zeros((), device=device)
-            for i, m in enumerate(micro):
-                last = i == len(micro) - 1
-                sync = net.no_sync() if world > 1 and tc.parallel == "ddp" and not last else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, precision):
-                        obj, stats = objective(net, m)
-                    # / total: the mean over the global batch; * world: DDP and FSDP average gradients
-                    (obj / total * world).backward()
-                step_stats += stats
-                step_loss += obj.detach()
-            parallel.all_sum(step_loss)  # the gradient norm is the same on every rank; the loss is made so
-            if guard.ok(clip_gradients(model.parameters(), tc.grad_clip), step_loss, step):
-                opt.step()
-                sums += step_stats
-                if ema:
-                    ema.update(model)
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += batches.tokens_per_step
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                s = parallel.all_sum(sums.clone()).tolist()  # a device sync: only at log steps
-                sums.zero_()
-                elapsed = time.perf_counter() - t0
-                tok_s = tokens_seen / elapsed
-                stats = objective.metrics(s) if any(s) else {}  # none when every step since the last row was skipped
-                row = {"step": step, **stats, "skipped_steps": guard.take(), "lr": lr, "tok_s": tok_s,
-                       "mfu": flops_tok * tok_s / (peak * world), "mem_mib": memory_mib(device), "elapsed_s": elapsed}
-                if metrics:
-                    metrics.write(row)
-                    shown = "  ".join(f"{k} {row[k]:.3f}" for k in objective.shown if k in row)
-                    bar.update(task, completed=step, info=f"{shown}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
-                                                          f"MFU {row['mfu']:.0%}  {row['mem_mib']:,.0f} MiB")
-            if step % tc.image_every == 0 or step == tc.max_steps:
-                pictures.write(step, model, ema, metrics)
-            if step % tc.ckpt_every == 0 or step == tc.max_steps:
-                save()
-    if metrics:
-        metrics.close()
-    batches.skips.log_summary()
-    return run
+    def __init__(self, cfg: TrainTransformerConfig, run: Run, device: torch.device, precision: str, rank: int,
+                 world: int) -> None:
+        self.cfg, self.device, self.precision, self.rank, self.world = cfg, device, precision, rank, world
+        self.name = cfg.stage
+        self.vocab, info = _vocab(cfg, run)
+        seed_all(cfg.trainer.seed)  # the same initial weights in every process
+        self.model = Transformer(cfg.model, self.vocab.padded_size)
+        if run.source is not None:
+            checkpoint.load_into(self.model, checkpoint.load_weights(run.source, "model"), run.source)
+            log.info("weights from %s", run.source)
+        self.model.to(device)
+        self.batches, self.loss = _stage_parts(cfg, self.vocab, info, self.model, device, precision, rank, world)
+        if cfg.stage == "dpo":  # dpo.epochs: the steps only the loaded pairs know
+            cfg.trainer.max_steps = dpo.schedule_steps(cfg.dpo, cfg.trainer.max_steps, self.batches.n,
+                                                       cfg.data.batch_size)
+        self.n_stats = self.loss.n_stats
+        self.flops_tok = self.model.flops_per_token(self.batches.seq_len)
+        if isinstance(self.loss, NextPatch):  # the model runs over the shorter sequence: FLOPs per data token
+            short = self.loss.positions(self.batches.seq_len)
+            self.flops_tok = self.model.flops_per_token(short) * short / self.batches.seq_len
+        self.pictures_ = SamplePictures(cfg, self.vocab, info.grid, run.path, rank, precision, self.loss.plots)
+        self.val = _held_out(cfg, self.vocab, info, device, rank, world) if cfg.trainer.eval_every else None
+
+    def wrap(self) -> None:
+        tc = self.cfg.trainer
+        self.net = parallel.parallelize(self.model, tc.parallel, tc.compile, self.world)
+        self.opt = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
+                                     fused=self.device.type == "cuda")
+
+    def describe(self) -> None:
+        """Once restored, before the first step: the matmul peak that MFU is measured against, and a log line."""
+        self.peak = matmul_flops(DTYPES[self.precision], self.device)  # per process, measured now: this machine's
+        b, tc = self.batches, self.cfg.trainer
+        log.info("%s: %.2fM parameters, %d sequences of %d tokens per step (%d process(es) x %d micro-batch(es)), %s",
+                 self.name, self.model.num_params() / 1e6, b.tokens_per_step // b.seq_len, b.seq_len, self.world,
+                 tc.grad_accum, self.precision)  # DPO: two sequences (chosen, rejected) per pair of data.batch_size
+
+    def micro_batches(self, step: int) -> list:
+        return self.batches.batch(step)
+
+    def norm(self, micro) -> torch.Tensor:
+        return self.loss.norm(micro)
+
+    def objective(self, micro) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss(self.net, micro)
+
+    def after_step(self, step: int, applied: bool, guard) -> None:
+        pass
+
+    def figures(self, sums: list[float]) -> dict[str, float]:
+        return self.loss.metrics(sums) if any(sums) else {}  # none when every step since the last row was skipped
+
+    def speed(self, steps: int, elapsed: float) -> dict[str, float]:
+        tok_s = steps * self.batches.tokens_per_step / elapsed
+        return {"tok_s": tok_s, "mfu": self.flops_tok * tok_s / (self.peak * self.world),
+                "mem_mib": memory_mib(self.device), "elapsed_s": elapsed}
+
+    def shown(self, row: dict) -> str:
+        shown = "  ".join(f"{k} {row[k]:.3f}" for k in self.loss.shown if k in row)
+        return (f"{shown}  lr {row['lr']:.2e}  {row['tok_s']:,.0f} tok/s  MFU {row['mfu']:.0%}  "
+                f"{row['mem_mib']:,.0f} MiB")
+
+    def validate(self) -> dict[str, float]:
+        """The objective's figures on the held-out token shards (`data.val_shards`), every batch of them."""
+        if self.val is None:
+            return {}
+        self.model.eval()
+        sums = torch.zeros(self.n_stats, device=self.device)
+        for step in range(self.val.steps_per_epoch):
+            for micro in self.val.batch(step):
+                sums += self.loss(self.model, micro)[1]
+        self.model.train()
+        return self.loss.metrics(parallel.all_sum(sums).tolist())
+
+    def pictures(self, step: int, ema, metrics) -> None:
+        self.pictures_.write(step, self.model, ema, metrics)
+
+    def extra_weights(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}  # the batch of a step is a function of the step
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class SamplePictures:
