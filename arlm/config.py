@@ -289,21 +289,40 @@ class GRPOConfig(PromptSource):
 
 
 @dataclass
-class TrainTransformerConfig:
-    """`arimg pretrain`, `sft`, `dpo` and `grpo`: one trainer (the root config sets `stage`)."""
+class TransformerStageConfig:
+    """`arimg pretrain` and `arimg sft` (the root config sets `stage`), and the base of every transformer stage's
+    config: what every one of them trains with."""
 
     stage: str = "pretrain"  # pretrain | sft | dpo | grpo
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: TransformerLossConfig = field(default_factory=TransformerLossConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     run_dir: str = "runs/pretrain"
     init_from: Optional[str] = None  # sft, dpo, grpo: the run or checkpoint to start from (its model config is used)
     resume: bool = False
     overwrite: bool = False
+
+
+@dataclass
+class DPOStageConfig(TransformerStageConfig):
+    """`arimg dpo`: the base and the preference objective."""
+
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+@dataclass
+class GRPOStageConfig(TransformerStageConfig):
+    """`arimg grpo`: the base and the online groups, their reward and sampling."""
+
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+@dataclass
+class TrainTransformerConfig(DPOStageConfig, GRPOStageConfig):
+    """What the config.yaml of a transformer checkpoint may hold, whichever stage wrote it: the schema it is
+    read with."""
 
 
 @dataclass
@@ -359,8 +378,8 @@ class EvalImagesConfig:
 
 # command name -> root schema; conf/<name>.yaml is its root config
 ROOTS: dict[str, type] = {"eval_images": EvalImagesConfig, "eval_generator": EvalGeneratorConfig,
-                          "train_tokenizer": TrainTokenizerConfig, "pretrain": TrainTransformerConfig,
-                          "sft": TrainTransformerConfig, "dpo": TrainTransformerConfig, "grpo": TrainTransformerConfig,
+                          "train_tokenizer": TrainTokenizerConfig, "pretrain": TransformerStageConfig,
+                          "sft": TransformerStageConfig, "dpo": DPOStageConfig, "grpo": GRPOStageConfig,
                           "make_prefs": MakePrefsConfig}
 # the transformer stages' `data` (TokenDataConfig) has no group: the root files and overrides set its keys
 GROUPS: dict[str, type] = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "trainer": TrainerConfig}

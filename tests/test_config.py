@@ -49,3 +49,21 @@ def test_bad_overrides_raise_config_error(overrides):
 def test_unknown_root():
     with pytest.raises(ConfigError):
         compose("nope")
+
+
+@pytest.mark.parametrize("stage,parts", [
+    ("vqvae", ["tokenizer=vqvae", "trainer=tokenizer"]),
+    ("vqgan", ["tokenizer=vqgan", "trainer=tokenizer_gan"]),
+    ("gen", ["tokenizer=gen", "trainer=tokenizer_gen"]),
+    ("decoder", ["tokenizer=gen_dec", "trainer=tokenizer_dec", "decoder_only=true"]),
+    ("decoder_post", ["tokenizer=gen_dec", "trainer=tokenizer_post", "decoder_only=true", "data.crop_size=null",
+                      "data.batch_size=8"]),
+])
+def test_a_tokenizer_stage_is_its_parts_in_one_switch(stage, parts):
+    """`stage=NAME` (conf/stage/) composes the config its parts give, and what the command line sets still wins."""
+    assert to_object(compose("train_tokenizer", [f"stage={stage}"])) == to_object(compose("train_tokenizer", parts))
+    over = ["trainer.max_steps=7", "data.batch_size=4"]
+    assert to_object(compose("train_tokenizer", [f"stage={stage}", *over])) == \
+        to_object(compose("train_tokenizer", [*parts, *over]))
+    with pytest.raises(ConfigError):
+        compose("train_tokenizer", ["stage=no_such_stage"])

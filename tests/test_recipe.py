@@ -100,6 +100,13 @@ def _one(plan: list[list[str]], *words: str) -> list[str]:
     return found[0]
 
 
+def _tokenizer_cfg(cmd: list[str]):
+    """The config a recipe's `arimg train-tokenizer ...` command composes."""
+    from arlm.config import compose, to_object
+
+    return to_object(compose("train_tokenizer", cmd[cmd.index("train-tokenizer") + 1:]))
+
+
 def test_the_default_recipe_chains_its_stages(recipe, tmp_path):
     """train-default: three pretrain phases each from the one before and SFT from the last; a second preference
     round from the DPO run; a decoder trained alone from the tokenizer, post-trained twice on the last model's
@@ -122,12 +129,14 @@ def test_the_default_recipe_chains_its_stages(recipe, tmp_path):
     assert at[id(_one(plan, "dpo", f"run_dir={runs}/dpo"))] < at[id(prefs2)] < at[id(dpo2)]
 
     dec = _one(plan, "train-tokenizer", f"run_dir={runs}/tok-dec")
-    assert f"init_from={runs}/tok-gen" in dec and "decoder_only=true" in dec
+    assert _tokenizer_cfg(dec).decoder_only and _tokenizer_cfg(dec).init_from == f"{runs}/tok-gen"
     assert dec.index("trainer.precision=fp32") < len(dec) - 1 and dec[-1].startswith("trainer.")  # its own last
     post = [_one(plan, "train-tokenizer", f"run_dir={runs}/{s}") for s in ("tok-post", "tok-post2")]
     assert f"init_from={runs}/tok-dec" in post[0] and f"init_from={runs}/tok-post" in post[1]
     for p in post:  # the post-training phases draw from the last model, whole images
-        assert f"resample_from={runs}/dpo2" in p and "data.crop_size=null" in p and at[id(dpo2)] < at[id(p)]
+        cfg = _tokenizer_cfg(p)
+        assert cfg.decoder_only and cfg.resample_from == f"{runs}/dpo2" and cfg.data.crop_size is None
+        assert at[id(dpo2)] < at[id(p)]
 
     export = _one(plan, "export", f"{runs}/final")
     assert export[export.index("--ckpt") + 1] == f"{runs}/dpo2" and at[id(post[1])] < at[id(export)]

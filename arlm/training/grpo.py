@@ -28,7 +28,7 @@ import zlib
 
 import torch
 
-from arlm.config import GRPOConfig, TrainTransformerConfig
+from arlm.config import GRPOConfig, GRPOStageConfig
 from arlm.data.shards import SkipCounter
 from arlm.errors import ConfigError
 from arlm.generation.judged import sample_and_judge
@@ -51,7 +51,7 @@ def group_advantages(rewards: list[float], group: int, min_std: float) -> list[f
     return out
 
 
-def check_config(cfg: TrainTransformerConfig, world: int) -> None:
+def check_config(cfg: GRPOStageConfig, world: int) -> None:
     g = cfg.grpo
     if g.group < 2:
         raise ConfigError(f"grpo.group must be at least 2 (advantages compare samples of one prompt), got {g.group}")
@@ -68,7 +68,7 @@ class OnlineBatches:
     """The micro-batches (tokens, positions, region, advantages, rewards) of one step, sampled from the
     model being trained and scored. Each process samples its own share of the step's groups."""
 
-    def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, info: TokenInfo, model: torch.nn.Module,
+    def __init__(self, cfg: GRPOStageConfig, vocab: Vocab, info: TokenInfo, model: torch.nn.Module,
                  device: torch.device, precision: str, rank: int = 0, world: int = 1, accum: int = 1) -> None:
         check_config(cfg, world)
         self.cfg, self.g, self.vocab, self.model, self.device = cfg, cfg.grpo, vocab, model, device

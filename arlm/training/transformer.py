@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from arlm import checkpoint, parallel
-from arlm.config import TrainTransformerConfig, to_yaml
+from arlm.config import TrainTransformerConfig, TransformerStageConfig, to_yaml
 from arlm.device import resolve_device
 from arlm.errors import ConfigError, UserError
 from arlm.generation.judged import sample_and_judge, verdict_labels
@@ -60,7 +60,7 @@ def memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS, KiB on Linux
 
 
-def _setup_model_config(cfg: TrainTransformerConfig, ckpt: Path | None) -> Vocab | None:
+def _setup_model_config(cfg: TransformerStageConfig, ckpt: Path | None) -> Vocab | None:
     """A run that starts from a checkpoint takes its model config; returns the checkpoint's vocabulary."""
     if ckpt is None:
         return None
@@ -100,13 +100,13 @@ def _grpo_parts(cfg, vocab, info, model, device, precision, rank, world):
 STAGES = {"pretrain": _pretrain_parts, "sft": _pretrain_parts, "dpo": _dpo_parts, "grpo": _grpo_parts}
 
 
-def _stage_parts(cfg: TrainTransformerConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
+def _stage_parts(cfg: TransformerStageConfig, vocab: Vocab, info, model: Transformer, device: torch.device,
                  precision: str, rank: int, world: int):
     """(batches, objective) of the stage (`STAGES`)."""
     return STAGES[cfg.stage](cfg, vocab, info, model, device, precision, rank, world)
 
 
-def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
+def train(cfg: TransformerStageConfig, yaml: str | None = None) -> Path:
     """Train the transformer for one stage; returns the run directory."""
     tc = cfg.trainer
     if cfg.stage not in STAGES:
@@ -138,7 +138,7 @@ def train(cfg: TrainTransformerConfig, yaml: str | None = None) -> Path:
         return run.path
 
 
-def _held_out(cfg: TrainTransformerConfig, vocab: Vocab, info: TokenInfo, device: torch.device, rank: int,
+def _held_out(cfg: TransformerStageConfig, vocab: Vocab, info: TokenInfo, device: torch.device, rank: int,
               world: int) -> Batches | None:
     """The held-out token shards (`data.val_shards`) as batches of the training set's size, read once per
     evaluation, without caption dropout; None without them."""
@@ -158,7 +158,7 @@ def _held_out(cfg: TrainTransformerConfig, vocab: Vocab, info: TokenInfo, device
     return batches
 
 
-def _vocab(cfg: TrainTransformerConfig, run: Run) -> tuple[Vocab, TokenInfo]:
+def _vocab(cfg: TransformerStageConfig, run: Run) -> tuple[Vocab, TokenInfo]:
     """The stage's vocabulary and token data: a checkpoint's model keeps its ids (and its model config); a new
     one counts its words in the data."""
     saved = _setup_model_config(cfg, run.source)
@@ -186,7 +186,7 @@ class TransformerStage:
 
     kind = KIND
 
-    def __init__(self, cfg: TrainTransformerConfig, run: Run, device: torch.device, precision: str, rank: int,
+    def __init__(self, cfg: TransformerStageConfig, run: Run, device: torch.device, precision: str, rank: int,
                  world: int) -> None:
         self.cfg, self.device, self.precision, self.rank, self.world = cfg, device, precision, rank, world
         self.name = cfg.stage
@@ -276,7 +276,7 @@ class TransformerStage:
 class SamplePictures:
     """Sample grids of the fixed prompts (EMA weights when kept), judged; loss and judge plots."""
 
-    def __init__(self, cfg: TrainTransformerConfig, vocab: Vocab, grid, run: Path, rank: int, precision: str,
+    def __init__(self, cfg: TransformerStageConfig, vocab: Vocab, grid, run: Path, rank: int, precision: str,
                  plots: dict[str, tuple[tuple[str, ...], bool]]) -> None:
         self.cfg, self.vocab, self.grid, self.run, self.rank, self.precision = cfg, vocab, tuple(grid), run, rank, precision
         self.plots = plots  # the objective's: file name -> (metrics, log scale)

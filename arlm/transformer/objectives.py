@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from arlm.config import TrainTransformerConfig
+from arlm.config import TransformerStageConfig
 from arlm.errors import ConfigError
 from arlm.transformer.sequence import END_R, PAD_R, TEXT_R, VISUAL_R
 
 
-def region_weights(cfg: TrainTransformerConfig, device: torch.device) -> torch.Tensor:
+def region_weights(cfg: TransformerStageConfig, device: torch.device) -> torch.Tensor:
     """Loss weight of a target by its region (PAD, TEXT, VISUAL, END)."""
     w = torch.zeros(4, device=device)
     w[VISUAL_R] = 1.0
@@ -65,7 +65,7 @@ class NextToken:
     shown = ("loss", "loss_visual")  # on the progress bar
     plots = {"loss.png": (("loss", "loss_visual"), True)}  # file: (metrics, log scale)
 
-    def __init__(self, cfg: TrainTransformerConfig, device: torch.device) -> None:
+    def __init__(self, cfg: TransformerStageConfig, device: torch.device) -> None:
         self.weights, self.z_loss = region_weights(cfg, device), cfg.loss.z_loss
 
     def norm(self, micro) -> torch.Tensor:
@@ -90,7 +90,7 @@ class NextPatch(NextToken):
     the position predicts). The sequence is p^2 times shorter over the image, so a step costs a fraction of a
     next-token step; the model is not yet a next-token sampler, which a later phase at patch 1 makes it."""
 
-    def __init__(self, cfg: TrainTransformerConfig, device: torch.device, grid: tuple[int, int]) -> None:
+    def __init__(self, cfg: TransformerStageConfig, device: torch.device, grid: tuple[int, int]) -> None:
         super().__init__(cfg, device)
         p, (h, w) = cfg.loss.patch, grid
         if h % p or w % p:
