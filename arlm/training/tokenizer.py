@@ -1,17 +1,18 @@
 """`arimg train-tokenizer`: the tokenizer's stages on the one Trainer (arlm.training.trainer).
 
-VQ-VAE stage (`tokenizer=vqvae`): pixel loss (L1 and/or L2) + the quantizer's losses, optionally the
-perceptual loss. VQ-GAN stage (`tokenizer=vqgan init_from=RUN`): the same plus a PatchGAN discriminator
+Each stage is one switch, `stage=NAME` (conf/stage/). VQ-VAE stage (`stage=vqvae`, or `stage=gen` for the
+generation tokenizer): pixel loss (L1 and/or L2) + the quantizer's losses, optionally the perceptual loss.
+VQ-GAN stage (`stage=vqgan init_from=RUN`): the same plus a PatchGAN discriminator
 with hinge loss, from `loss.disc_start` on; the generator's adversarial term is scaled by taming-
 transformers' adaptive weight (eq. 7 of Esser et al., 2021) so it never drowns the reconstruction, and the
 discriminator can be held back by LeCAM (Tseng et al., 2021).
 
-Decoder stage (`init_from=RUN decoder_only=true`): the encoder and codebook of RUN are loaded and frozen (the
+Decoder stage (`stage=decoder init_from=RUN`, i.e. decoder_only=true): the encoder and codebook of RUN are loaded and frozen (the
 quantizer stays in eval mode, so no code moves), and only the decoder trains, with the same losses; it may be
 wider and deeper than the encoder (`tokenizer.decoder_channels`, `tokenizer.decoder_res_blocks`). Every image
 keeps RUN's tokens, so token shards and transformers made with RUN draw with the new decoder as they are
 (`arimg export --tokenizer`). Muse (Chang et al., 2023) fine-tuned a larger decoder on frozen VQGAN tokens so.
-With `resample_from=TRANSFORMER` the decoder stage is RobusTok's post-training (Qiu et al., 2025): for a share
+With `resample_from=TRANSFORMER` (`stage=decoder_post`) the decoder stage is RobusTok's post-training (Qiu et al., 2025): for a share
 of each batch's whole images the decoder sees, instead of the image's codes, those the transformer draws for
 them teacher-forced (each code drawn after the caption and the image's true codes before it, as the sampler
 draws), and learns to draw the image from them: the sampler's errors are then painted over.

@@ -1,12 +1,13 @@
 """The one training loop of arimg, and what a stage brings to it.
 
-A `Stage` (VQ-VAE, VQ-GAN, decoder, decoder post-training, pretrain, SFT, DPO, GRPO: arlm.training.stages)
-declares its plug points: the micro-batches of a step, the objective that turns one into a loss sum and a
-vector of statistics, what else happens after an optimizer step (the GAN's discriminator), what it logs and
-draws, and the extra weights and state its checkpoints hold. The `Trainer` owns the rest, written once: the
-schedule, gradient accumulation (each micro-batch's loss sum divided by the global batch's normaliser, so N
-micro-batches on M processes give the gradient of one big batch), clipping, the non-finite guard, the weight
-EMA, the log / picture / held-out / checkpoint cadence, and the run directory (`Run`).
+A `Stage` (VQ-VAE, VQ-GAN, decoder, decoder post-training: arlm.training.tokenizer; pretrain, SFT, DPO,
+GRPO: arlm.training.transformer) declares its plug points: the micro-batches of a step, the objective that
+turns one into a loss sum and a vector of statistics, what else happens after an optimizer step (the GAN's
+discriminator), what it logs and draws, and the extra weights and state its checkpoints hold. The `Trainer`
+owns the rest, written once: the schedule, gradient accumulation (each micro-batch's loss sum divided by the
+global batch's normaliser, so N micro-batches on M processes give the gradient of one big batch), clipping,
+the non-finite guard, the weight EMA, the log / picture / held-out / checkpoint cadence, and the run
+directory (`Run`).
 
     for step in range(start, max_steps):
         micro = stage.micro_batches(step)           -> forward and backward of each, scaled
@@ -32,10 +33,10 @@ from torch import nn
 from arlm import checkpoint, parallel
 from arlm.config import TrainerConfig
 from arlm.device import autocast
+from arlm.errors import UserError
 from arlm.log import log, progress
 from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
                                   set_lr, set_rng_state)
-
 
 BUDGET_PROBE = (20, 60)  # trainer.budget_s: the steps whose rate sets the run's length (after a warm-up)
 
@@ -109,8 +110,6 @@ class Run:
         self.path, self.kind, self.rank = Path(path), kind, rank
         self.init = checkpoint.resolve(init_from, kind) if init_from and not resume else None
         if self.init is not None and self.path.resolve() in self.init.resolve().parents:
-            from arlm.errors import UserError
-
             raise UserError(f"init_from={init_from} lies inside run_dir={self.path}: give the new stage its own "
                             f"run_dir")
         self.resume_from = prepare_run_dir(self.path, kind, resume, overwrite, clear=False)
