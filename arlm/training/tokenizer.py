@@ -12,10 +12,10 @@ quantizer stays in eval mode, so no code moves), and only the decoder trains, wi
 wider and deeper than the encoder (`tokenizer.decoder_channels`, `tokenizer.decoder_res_blocks`). Every image
 keeps RUN's tokens, so token shards and transformers made with RUN draw with the new decoder as they are
 (`arimg export --tokenizer`). Muse (Chang et al., 2023) fine-tuned a larger decoder on frozen VQGAN tokens so.
-With `resample_from=TRANSFORMER` (`stage=decoder_post`) the decoder stage is RobusTok's post-training (Qiu et al., 2025): for a share
-of each batch's whole images the decoder sees, instead of the image's codes, those the transformer draws for
-them teacher-forced (each code drawn after the caption and the image's true codes before it, as the sampler
-draws), and learns to draw the image from them: the sampler's errors are then painted over.
+With `resample_from=TRANSFORMER` (`stage=decoder_post`) the decoder stage is RobusTok's post-training (Qiu et
+al., 2025): for a share of each batch's whole images the decoder sees, instead of the image's codes, those the
+transformer draws for them teacher-forced (each code drawn after the caption and the image's true codes before
+it, as the sampler draws), and learns to draw the image from them: the sampler's errors are then painted over.
 
 Codebook usage and perplexity are measured over a rolling window of the latest 65,536 tokens (LlamaGen's
 protocol). The run directory gets metrics.jsonl, reconstruction grids (inputs above outputs) and a loss
