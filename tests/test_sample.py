@@ -225,8 +225,8 @@ def test_teacher_forced_draws_each_code_after_the_true_ones(lm):
 
 
 def test_a_run_moved_with_its_tokenizer_samples_from_any_folder(run_cli, tmp_path, synth_dir, monkeypatch):
-    """Paths a run records of another (its image tokenizer) are relative to the recording run: the tree moved
-    as a whole samples from any working folder. A path recorded against the working folder, as older runs did,
+    """Paths a run records of another (its image tokenizer, the run it started from) are relative to the
+    recording run: the tree moved as a whole samples, and tells its lineage, from any working folder. A path recorded against the working folder, as older runs did,
     fails from elsewhere with one line naming the file that recorded it."""
     import shutil
 
@@ -237,7 +237,9 @@ def test_a_run_moved_with_its_tokenizer_samples_from_any_folder(run_cli, tmp_pat
                   "run_dir=runs/tok"],
                  ["pretokenize", str(synth_dir), "--tokenizer", "runs/tok", "--out", "data/tok", "--size", "32"],
                  ["pretrain", "model=tiny", "trainer=tiny", "trainer.compile=false", "sample.n=0", "data.batch_size=8",
-                  "data.shards=data/tok", "run_dir=runs/pt"]):
+                  "data.shards=data/tok", "run_dir=runs/pt"],
+                 ["sft", "trainer=tiny", "trainer.compile=false", "sample.n=0", "data.batch_size=8", "init_from=runs/pt",
+                  "data.shards=data/tok", "run_dir=runs/sft"]):
         code, _, err = run_cli(*args)
         assert code == 0, err
     shutil.move(a, b)
@@ -245,6 +247,8 @@ def test_a_run_moved_with_its_tokenizer_samples_from_any_folder(run_cli, tmp_pat
     code, out, err = run_cli("sample", "--ckpt", b / "runs" / "pt", "-p", "a red circle", "--out", "s")
     assert code == 0, err
     assert Path(json.loads(out)["path"]).is_file()
+    code, out, err = run_cli("info", b / "runs" / "sft")  # its lineage is found from here too
+    assert code == 0 and [s["stage"] for s in json.loads(out)["lineage"]] == ["pretrain", "sft"], err
 
     ckpt = checkpoint.latest(b / "runs" / "pt")
     vocab = json.loads((ckpt / "vocab.json").read_text())

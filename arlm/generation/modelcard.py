@@ -168,6 +168,17 @@ def describe(report: dict) -> str:
     lines.append("  (arimg info --json: everything, as JSON)")
     return "\n".join(lines) + "\n"
 
+def _init_of(ckpt: Path, init_from: str) -> str:
+    """The checkpoint a run started from: as its run.json records it (relative to the run), where that is
+    there, else `init_from` as its config gives it (relative to the folder it was trained from)."""
+    try:
+        recorded = json.loads((checkpoint.run_of(ckpt) / "run.json").read_text()).get("init_from")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    found = checkpoint.resolve_recorded(recorded, checkpoint.run_of(ckpt)) if recorded else None
+    return str(found) if found is not None else init_from
+
+
 def lineage(ckpt: Path) -> list[dict]:
     """The training stages behind a transformer checkpoint, first stage first (init_from followed back while
     the runs are still there)."""
@@ -177,7 +188,8 @@ def lineage(ckpt: Path) -> list[dict]:
         stage = _stage(ckpt)
         stages.append({k: stage[k] for k in ("stage", "step", "max_steps", "data", "path")})
         try:
-            ckpt = checkpoint.resolve(stage["init_from"], "transformer") if stage.get("init_from") else None
+            ckpt = checkpoint.resolve(_init_of(ckpt, stage["init_from"]), "transformer") if stage.get("init_from") \
+                else None
         except checkpoint.CheckpointError:
             stages.append({"stage": "?", "path": stage["init_from"], "missing": True})
             ckpt = None

@@ -128,6 +128,8 @@ class Run:
                 prepare_run_dir(self.path, self.kind, False, True)
             (self.path / "images").mkdir(parents=True, exist_ok=True)
             (self.path / "config.yaml").write_text(yaml)
+            if self.init is not None:  # where the run started, as a path that travels with it (lineage)
+                info = {**info, "init_from": checkpoint.record_path(self.init, self.path)}
             (self.path / "run.json").write_text(json.dumps({**run_info(), **info}, indent=1))
             for name, text in (files or {}).items():
                 (self.path / name).write_text(text)
