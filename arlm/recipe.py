@@ -237,7 +237,8 @@ def run(recipe: Recipe, arimg: list[str] | None = None, dry_run: bool = False) -
         ran.add(stage.name)
         if dry_run:
             for cmd in stage.commands:
-                print(cmd.line(_resume(recipe, stage, cmd) if RESUME in cmd.args else None), flush=True)
+                sys.stdout.write(cmd.line(_resume(recipe, stage, cmd) if RESUME in cmd.args else None) + "\n")
+                sys.stdout.flush()
         else:
             _run_stage(recipe, stage, arimg)
     if not ran:

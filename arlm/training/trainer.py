@@ -121,7 +121,7 @@ class Run:
 
     def start(self, yaml: str, info: dict, files: dict[str, str] | None = None) -> None:
         """Every input checked (in every process): clear an old run (overwrite=true) and write the run's own
-        files (rank 0)."""
+        files (rank 0). `yaml` and `files` (name -> text) are also written into every checkpoint."""
         parallel.barrier()
         if self.rank == 0:
             if self.resume_from is None:
@@ -133,15 +133,16 @@ class Run:
             (self.path / "run.json").write_text(json.dumps({**run_info(), **info}, indent=1))
             for name, text in (files or {}).items():
                 (self.path / name).write_text(text)
-        self.yaml = yaml
+        self.yaml, self.files = yaml, {name: text.encode() for name, text in (files or {}).items()}
 
     def metrics(self, step: int) -> Metrics | None:
         return Metrics(self.path / "metrics.jsonl", step if self.resume_from is not None else None) \
             if self.rank == 0 else None
 
-    def save(self, step: int, weights: dict, state: dict, keep: int, files: dict[str, bytes] | None = None) -> None:
+    def save(self, step: int, weights: dict, state: dict, keep: int) -> None:
         if self.rank == 0:
-            path = checkpoint.save(self.path, step, self.kind, weights, state, self.yaml, keep=keep, files=files)
+            path = checkpoint.save(self.path, step, self.kind, weights, state, self.yaml, keep=keep,
+                                   files=self.files or None)
             log.info("checkpoint %s", path)
         parallel.barrier()
 
@@ -150,10 +151,10 @@ class Trainer:
     """The loop (see the module docstring) for one stage on one run."""
 
     def __init__(self, tc: TrainerConfig, run: Run, stage: Stage, device: torch.device, precision: str,
-                 rank: int = 0, world: int = 1, files: dict[str, bytes] | None = None) -> None:
+                 rank: int = 0, world: int = 1) -> None:
         """`stage` holds its model whole, not yet wrapped: the EMA starts from (or resumes) its full weights."""
         self.tc, self.run, self.stage, self.device, self.precision = tc, run, stage, device, precision
-        self.rank, self.world, self.files = rank, world, files
+        self.rank, self.world = rank, world
         self.guard = NonFinite(tc)
         self.ema = EMA(stage.model, tc.ema) if tc.ema > 0 else None
         if self.ema and run is not None and run.resume_from is not None:
@@ -189,7 +190,7 @@ class Trainer:
         weights.update(self.stage.extra_weights())
         state = {"step": self.step, "opt": parallel.optimizer_state(self.stage.model, self.stage.opt),
                  **self.stage.state_dict(), "rng": rng_state(), "world_size": self.world}
-        self.run.save(self.step, weights, state, self.tc.keep_checkpoints, self.files)
+        self.run.save(self.step, weights, state, self.tc.keep_checkpoints)
 
     def train_step(self, step: int) -> bool:
         """One optimizer step over the step's micro-batches; whether it was applied (finite)."""

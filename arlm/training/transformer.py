@@ -124,8 +124,7 @@ def train(cfg: TransformerStageConfig, yaml: str | None = None) -> Path:
             raise ConfigError(f"{cfg.stage} starts from a trained run: pass init_from=RUN")
         run = Run(cfg.run_dir, KIND, cfg.resume, cfg.overwrite, cfg.init_from, rank)
         stage = TransformerStage(cfg, run, device, precision, rank, world)
-        trainer = Trainer(tc, run, stage, device, precision, rank, world,
-                          files={VOCAB_FILE: vocab_json(stage.vocab, run.path).encode()})
+        trainer = Trainer(tc, run, stage, device, precision, rank, world)
         # the config as run: with the model config a checkpoint imposed (and the steps of dpo.epochs)
         yaml = to_yaml(OmegaConf.structured(cfg)) if yaml is None or run.source is not None else yaml
         run.start(yaml, {"world_size": world, "stage": cfg.stage, "precision": precision,
