@@ -147,18 +147,27 @@ class ModelConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
+    # > 0: train for this many minutes of wall time instead of max_steps (start-up, compilation, held-out
+    # figures, pictures and checkpoints count): the schedule follows the elapsed time and the run ends on it
+    max_minutes: float = 0.0
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
+    # after the warm-up: cosine decay over the run, or wsd (warmup-stable-decay): lr held until the last
+    # `cooldown` share of the run, then a linear decay
+    schedule: str = "cosine"  # cosine | wsd
+    cooldown: float = 0.2
+    # transformer stages: adamw, or muon (orthogonalized momentum, Newton-Schulz) on the blocks' matrices with
+    # AdamW at `lr` on the embeddings, head and norms
+    optimizer: str = "adamw"  # adamw | muon
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     log_every: int = 10
     eval_every: int = 0  # the loss on data.val_shards every this many steps, logged as val_* rows; 0 = off
-    # > 0: train for about this many seconds: the run's length (at most max_steps) is set from the step rate
-    # measured over steps 20-60, and the schedule laid over it (comparisons at equal wall time)
-    budget_s: float = 0.0
     image_every: int = 200  # reconstruction / sample grids and loss plots
     ckpt_every: int = 500
     keep_checkpoints: int = 2  # the newest N are kept

@@ -23,6 +23,7 @@ Prints a markdown table on stdout, then the figures as one JSON object on the la
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -39,7 +40,7 @@ from arlm.transformer.sequence import VISUAL_R, Vocab
 from arlm import parallel
 from arlm.device import autocast, resolve_device
 from arlm.training.trainer import FixedBatch, Trainer
-from arlm.training.transformer import param_groups
+from arlm.training.optim import make_optimizer, param_groups
 from arlm.transformer.objectives import NextToken
 
 
@@ -49,8 +50,7 @@ def ours_step(cfg, vocab_size: int, tokens: torch.Tensor, pos: torch.Tensor, dev
     torch.manual_seed(0)
     model = Transformer(cfg.model, vocab_size).to(device).train()
     parallel.parallelize(model, "ddp", compile, 1)  # one process: compiled per block when asked, in place
-    opt = torch.optim.AdamW(param_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr,
-                            betas=tuple(cfg.trainer.betas), fused=device.type == "cuda")
+    opt = make_optimizer(model, cfg.trainer, device)
     loss = NextToken(cfg, device)
     region = torch.full_like(tokens, VISUAL_R)  # every target an image token, as in the demo's sequences
     trainer = Trainer(cfg.trainer, None, FixedBatch(model, (tokens, pos, region), loss, loss.norm, opt, loss.n_stats),
@@ -102,7 +102,8 @@ def hf_step(cfg, vocab_size: int, tokens: torch.Tensor, device, precision: str):
                          attention_bias=False, mlp_bias=False, attn_implementation="sdpa")
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf_cfg).to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.trainer.weight_decay), lr=1e-4, betas=tuple(cfg.trainer.betas))
+    opt = torch.optim.AdamW(param_groups(model, dataclasses.replace(cfg.trainer, optimizer="adamw")), lr=1e-4,
+                            betas=tuple(cfg.trainer.betas))
     inputs = tokens[:, :-1]
 
     def step() -> None:

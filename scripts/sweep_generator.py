@@ -1,25 +1,29 @@
-"""Generator variants compared at equal wall time: which one draws what the prompt says after a fixed budget?
+"""Generator variants compared at equal wall time: which one draws what the prompt says after M minutes?
 
-The counterpart of `sweep_tokenizer.py` for the transformer. Each variant is the real `arimg pretrain` (the
-same trainer, config and token shards a user would run) given a number of *seconds* instead of steps: a
-short probe of the same config measures its step rate after start-up, and the run's `trainer.max_steps`
-(hence its warmup-cosine schedule) is fixed from it, so that a wider model or a longer sequence gets fewer
-steps, as it would in the real budget. Then `arimg eval generator` judges it on held-out prompts of every
-kind. Sampling settings are swept without training: `--eval-only RUN` with `--sampling key=value ...`.
+Each variant is the real `arimg pretrain` (the same trainer, config and token shards a user would run) given
+minutes instead of steps (`trainer.max_minutes`: the schedule follows the clock, so a wider model or a larger
+batch gets fewer steps, as it would in the real budget). Along the way the trainer logs the held-out loss per
+visual token (`--val-tokens`, every `--val-every` steps): one run gives a curve of loss against minutes. At the
+end `arimg eval generator` judges the run on held-out prompts of every kind. Two or more `--variant`s run side
+by side, each pinned to its own core with one thread (equal-time pairs on a 2-core machine); sampling settings
+are compared without training: `--eval-only RUN --sampling key=value ...`.
 
-    .venv/bin/python scripts/sweep_generator.py --name base --tokens data/synth-tok --budget 600
-    .venv/bin/python scripts/sweep_generator.py --name d256 --tokens data/synth-tok --budget 600 model.dim=256
-    .venv/bin/python scripts/sweep_generator.py --name cfg3 --eval-only runs/sweep/base --sampling cfg=3
+    .venv/bin/python scripts/sweep_generator.py --tokens data/synth-tok --val-tokens data/synth-val-tok \\
+        --minutes 10 --variant adamw --variant muon:trainer.optimizer=muon,data.batch_size=64
+    .venv/bin/python scripts/sweep_generator.py --variant cfg3 --eval-only runs/sweep/adamw --sampling cfg=3
 
-Prints one JSON line on stdout (and appends it to --out): the variant, its overrides, steps, wall seconds
-of training (start-up included) and the eval report's per-kind accuracy, word exact-match and diversity.
-Run on an otherwise idle machine, or two at a time with --threads 1 when comparing a pair.
+A variant is NAME or NAME:key=value,key=value (pretrain overrides); overrides given after the options apply to
+every variant. Prints one JSON line per variant on stdout (and appends it to --out): its overrides, steps,
+minutes, the final held-out loss and its curve (minutes, loss), the eval's per-kind accuracy and word exact-match,
+and the machine's fp32 matmul GFLOP/s measured at the start.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,109 +32,126 @@ import torch
 
 from arlm.config import compose, to_object
 from arlm.errors import UserError
-from arlm.log import log, setup_logging
-from arlm.generation.evaluate import eval_generator
-from arlm.training.transformer import train
+from arlm.log import setup_logging
+from arlm.perf import matmul_flops
 
 
-def pretrain_config(args, run: Path, steps: int, extra: list[str]):
-    over = [f"data.shards={args.tokens}", f"run_dir={run}", "overwrite=true", f"trainer.max_steps={steps}",
-            f"trainer.ckpt_every={max(steps, 1)}", f"trainer.image_every={max(steps, 1)}", *args.overrides, *extra]
-    return to_object(compose(args.stage, over))
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    name, _, over = spec.partition(":")
+    if not name or "/" in name:
+        raise UserError(f"--variant {spec!r}: give NAME or NAME:key=value,key=value")
+    return name, [kv for kv in over.split(",") if kv]
 
 
-def step_rate(args, run: Path) -> float:
-    """Optimizer steps per second of this config after start-up (data load, compilation): steps 20..60 of a
-    probe run, read off its metrics (elapsed_s counts from the start of the loop)."""
-    cfg = pretrain_config(args, run, 60, ["trainer.log_every=20", "trainer.warmup_steps=10", "sample.n=0"])
-    train(cfg)
-    rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "tok_s" in r}
-    return 40 / (rows[60]["elapsed_s"] - rows[20]["elapsed_s"])
+def train_variant(args, name: str, overrides: list[str]) -> dict:
+    """Train one variant for args.minutes; its steps, minutes and held-out curve."""
+    from arlm.training.transformer import train
+
+    run = Path(args.runs) / name
+    over = [f"data.shards={args.tokens}", f"run_dir={run}", "overwrite=true", "trainer.image_every=1000000",
+            "trainer.ckpt_every=1000000", f"trainer.seed={args.seed}", *args.overrides, *overrides]
+    if args.minutes:
+        over.append(f"trainer.max_minutes={args.minutes}")
+    if args.val_tokens:
+        over += [f"data.val_shards={args.val_tokens}", f"trainer.eval_every={args.val_every}"]
+    t0 = time.perf_counter()
+    train(to_object(compose(args.stage, over)))
+    wall = time.perf_counter() - t0
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    timed = {r["step"]: r["elapsed_s"] for r in rows if "elapsed_s" in r}
+    curve = [[round(timed.get(r["step"], 0) / 60, 2), round(r["val_loss_visual"], 4)]
+             for r in rows if "val_loss_visual" in r]
+    return {"run": str(run), "steps": max(timed), "train_min": round(wall / 60, 2),
+            "heldout_visual_loss": curve[-1][1] if curve else None, "curve": curve}
 
 
-@torch.no_grad()
-def heldout_loss(run: Path, shards: str) -> float:
-    """Mean cross-entropy (nats) of the visual tokens of held-out token shards (the same tokenizer's
-    `arimg pretokenize` of another seed), captions kept: comparable between runs on one tokenizer only."""
-    from arlm.config import TokenDataConfig
-    from arlm.transformer.data import Batches, token_info
-    from arlm.transformer.ckpt import load_model
-    from arlm.transformer.sequence import VISUAL_R
-    from arlm.transformer.objectives import token_loss
+def evaluate(args, run: str, name: str) -> dict:
+    from arlm.generation.evaluate import eval_generator
 
-    model, vocab, _ = load_model(run, "cpu")
-    data = TokenDataConfig(shards=shards, batch_size=50, caption_dropout=0.0)
-    batches = Batches(data, vocab, token_info(shards), model.cfg.max_seq_len, torch.device("cpu"))
-    ce = count = 0.0
-    for step in range(batches.steps_per_epoch):
-        for tokens, pos, region in batches.batch(step):
-            vis = (region[:, 1:] == VISUAL_R).float()
-            _, stats = token_loss(model(tokens[:, :-1], pos[:, :-1]), tokens[:, 1:], vis, region[:, 1:], 0.0)
-            ce, count = ce + float(stats[2]), count + float(stats[3])
-    return ce / count
+    ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
+                                              f"out={run}/eval-{name}", *[f"sampling.{kv}" for kv in args.sampling]]))
+    t0 = time.perf_counter()
+    report = eval_generator(run, ev)
+    return {"eval_min": round((time.perf_counter() - t0) / 60, 2), "settings": report["settings"],
+            "per_kind": {k: v["accuracy"] for k, v in report["per_kind"].items()}, "accuracy": report["accuracy"],
+            "n": report["n"], "words_exact": report["words_exact"]["accuracy"], "sheets": report["sheets"]}
+
+
+def one(args, spec: str) -> dict:
+    name, overrides = parse_variant(spec)
+    row = {"name": name, "overrides": [*args.overrides, *overrides], "minutes": args.minutes,
+           "sampling": args.sampling, "threads": torch.get_num_threads(),
+           "fp32_gflops": round(matmul_flops(torch.float32) / 1e9)}
+    if args.eval_only:
+        run = args.eval_only
+    else:
+        row.update(train_variant(args, name, overrides))
+        run = row["run"]
+    if args.per_kind:
+        row.update(evaluate(args, run, name))
+    return row
+
+
+def side_by_side(args, argv: list[str]) -> list[dict]:
+    """Each variant in its own process, pinned to its own core, one thread: equal-time pairs."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(args.variant) > len(cores):
+        raise UserError(f"{len(args.variant)} variants side by side need as many cores; this machine gives {len(cores)}")
+    base = [a for i, a in enumerate(argv) if a != "--variant" and (i == 0 or argv[i - 1] != "--variant")]
+    procs = []
+    for core, spec in zip(cores, args.variant):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, __file__, *base, "--variant", spec, "--threads", "1", "--no-append"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True,
+                                      preexec_fn=lambda core=core: os.sched_setaffinity(0, {core})))
+    rows = []
+    for spec, proc in zip(args.variant, procs):
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise UserError(f"variant {spec!r} failed (exit {proc.returncode}); its log is above")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", required=True)
+    ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value")
     ap.add_argument("--tokens", help="token shards (arimg pretokenize)")
-    ap.add_argument("--budget", type=float, default=600, help="seconds of training, start-up excluded")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="train this many steps instead (no probe): for long runs, from a rate measured on an "
-                         "idle machine")
+    ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: the loss curve")
+    ap.add_argument("--val-every", type=int, default=200, help="steps between held-out losses")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training minutes (trainer.max_minutes); 0: max_steps")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
+    ap.add_argument("--seed", type=int, default=0, help="trainer.seed (initial weights, data order)")
     ap.add_argument("--eval-only", default=None, help="judge this trained run instead of training one")
-    ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: report their loss")
-    ap.add_argument("--per-kind", type=int, default=50, help="held-out prompts per kind")
+    ap.add_argument("--per-kind", type=int, default=50, help="held-out prompts per kind (0: no eval)")
     ap.add_argument("--n", type=int, default=2, help="images per prompt")
     ap.add_argument("--seeds", default="0", help="sampling seeds, comma-separated")
     ap.add_argument("--sampling", nargs="*", default=[], help="sampling settings, key=value (arlm.config.SamplingConfig)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--runs", default="runs/sweep")
     ap.add_argument("--out", default="runs/sweep/results.jsonl")
-    ap.add_argument("overrides", nargs="*", help="pretrain overrides, key=value")
+    ap.add_argument("--no-append", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="pretrain overrides for every variant, key=value")
     args = ap.parse_args()
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    row = {"name": args.name, "overrides": args.overrides, "sampling": args.sampling}
     try:
-        if args.eval_only:
-            run = Path(args.eval_only)
-        else:
-            if not args.tokens:
-                ap.error("--tokens is needed to train")
-            run = Path(args.runs) / args.name
-            if args.steps:
-                steps = args.steps
-            else:
-                rate = step_rate(args, run)
-                steps = max(1, int(args.budget * rate))
-                log.info("%s: %.2f steps/s after start-up: %d steps in %.0f s", args.name, rate, steps, args.budget)
-            t0 = time.perf_counter()
-            train(pretrain_config(args, run, steps, []))
-            row.update(tokens=args.tokens, budget_s=None if args.steps else args.budget, steps=steps,
-                       train_wall_s=round(time.perf_counter() - t0))
-        ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
-                                                  f"out={run}/eval-{args.name}",
-                                                  *[f"sampling.{kv}" for kv in args.sampling]]))
-        if args.val_tokens:
-            row["heldout_visual_loss"] = heldout_loss(run, args.val_tokens)
-        t0 = time.perf_counter()
-        report = eval_generator(str(run), ev)
+        for spec in args.variant:
+            parse_variant(spec)
+        if not args.eval_only and not args.tokens:
+            raise UserError("--tokens is needed to train")
+        rows = side_by_side(args, sys.argv[1:]) if len(args.variant) > 1 else [one(args, args.variant[0])]
     except UserError as e:
         sys.stderr.write(f"sweep_generator: error: {e}\n")
         sys.exit(e.exit_code)
-    row.update(run=str(run), eval_s=round(time.perf_counter() - t0), settings=report["settings"],
-               per_kind={k: v["accuracy"] for k, v in report["per_kind"].items()}, accuracy=report["accuracy"],
-               score={k: round(v["score"], 4) for k, v in report["per_kind"].items()},
-               n=report["n"], words_exact=report["words_exact"]["accuracy"], diversity=report["diversity"],
-               sheets=report["sheets"])
-    line = json.dumps(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(line + "\n")
-    print(line)
+    for row in rows:
+        line = json.dumps(row)
+        if not args.no_append:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """Tokenizer variants compared at equal wall time: which one reads the most words after a short budget?
 
-`arimg train-tokenizer` measures one recipe at its full length; this script trains the same recipe through the
-same Trainer for a fixed number of *seconds* (`trainer.budget_s`: the run's length is set from the step rate
-measured over steps 20-60, and the warm-up and cosine laid over it), so that a wider or slower variant gets
-fewer steps, as it would in the real budget. Then the 1,000 held-out images are reconstructed: mean PSNR, and
-how many of the text kind the judge reads (of 238 in `data/synth-val`); for VQ also how many it reads when the
-encoder's latents are decoded without quantizing them, which tells what the codebook costs. With
-`trainer.ema`, the EMA weights are judged too.
+`arimg train-tokenizer` measures one recipe at its full length; this script trains the same recipe through the same
+Trainer for a fixed number of *seconds* (`trainer.max_minutes`: the schedule follows the clock and the run ends on
+it), so that a wider or slower variant gets fewer steps, as it would in the real budget. Then the 1,000 held-out
+images are reconstructed: mean PSNR, and how many of the text kind the judge reads (of 238 in `data/synth-val`);
+for VQ also how many it reads when the encoder's latents are decoded without quantizing them, which tells what the
+codebook costs. With `trainer.ema`, the EMA weights are judged too.
 
     .venv/bin/python scripts/sweep_tokenizer.py --name base --budget 240 tokenizer=gen trainer=tokenizer_gen
     .venv/bin/python scripts/sweep_tokenizer.py --name ch48 --budget 240 tokenizer=gen tokenizer.channels=48
@@ -87,7 +86,7 @@ def main() -> None:
         if a.tokenizer is None:
             run = f"runs/sweep-{a.name}"
             cfg = to_object(compose("train_tokenizer", [f"data.shards={a.train}", f"run_dir={run}", "overwrite=true",
-                                                        "trainer.max_steps=1000000", f"trainer.budget_s={a.budget}",
+                                                        f"trainer.max_minutes={a.budget / 60}",
                                                         *a.overrides]))
             t0 = time.perf_counter()
             a.tokenizer = str(train(cfg))

@@ -37,8 +37,14 @@ def check(cfg: TrainerConfig) -> None:
         raise ConfigError(f"trainer.nonfinite must be skip or stop, got {cfg.nonfinite!r}")
     if cfg.grad_accum < 1:
         raise ConfigError("trainer.grad_accum must be at least 1")
-    if cfg.eval_every < 0 or cfg.budget_s < 0:
-        raise ConfigError("trainer.eval_every and trainer.budget_s must be at least 0")
+    if cfg.eval_every < 0 or cfg.max_minutes < 0:
+        raise ConfigError("trainer.eval_every and trainer.max_minutes must be at least 0")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"trainer.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if not 0 < cfg.cooldown <= 1:
+        raise ConfigError(f"trainer.cooldown is a share of the run, in (0, 1]; got {cfg.cooldown}")
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ConfigError(f"trainer.optimizer must be adamw or muon, got {cfg.optimizer!r}")
 
 
 def seed_all(seed: int) -> None:
@@ -46,17 +52,39 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, cfg: TrainerConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at max_steps."""
+def _cosine(t: float, floor: float) -> float:
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _wsd(t: float, floor: float, cooldown: float) -> float:
+    return 1.0 - (1 - floor) * max(0.0, t - (1 - cooldown)) / cooldown
+
+
+SCHEDULES = ("cosine", "wsd")
+
+
+def lr_at(step: int, cfg: TrainerConfig, elapsed_s: float | None = None) -> float:
+    """The learning rate of `step`: a linear warm-up to cfg.lr over warmup_steps, then the decay
+    (cfg.schedule) to cfg.lr * cfg.min_lr_ratio. Its progress t in [0, 1]: with max_minutes the share of the
+    minutes that has passed (`elapsed_s`); else the cosine's counts the steps after the warm-up and wsd's
+    the steps of the run (its cooldown is the run's last share)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    if cfg.max_minutes:
+        t = min(1.0, (elapsed_s or 0.0) / (60 * cfg.max_minutes))
+    elif cfg.schedule == "wsd":
+        t = min(1.0, step / max(1, cfg.max_steps))
+    else:
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.schedule == "wsd":
+        return cfg.lr * _wsd(t, cfg.min_lr_ratio, cfg.cooldown)
+    return cfg.lr * _cosine(t, cfg.min_lr_ratio)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group at `lr`, times the group's own `lr_scale` where it has one (Muon's groups)."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class EMA:

@@ -86,9 +86,9 @@ STAGES = {
 def check_config(cfg: TrainTokenizerConfig) -> None:
     """The config's one-line errors, before anything is built."""
     lc, tc = cfg.tokenizer.loss, cfg.trainer
-    if tc.compile or tc.grad_accum != 1:
-        raise ConfigError("trainer.compile and trainer.grad_accum are for the transformer stages; train-tokenizer "
-                          "runs without them")
+    if tc.compile or tc.grad_accum != 1 or tc.optimizer != "adamw":
+        raise ConfigError("trainer.compile, trainer.grad_accum and trainer.optimizer are for the transformer stages; "
+                          "train-tokenizer runs without them (with AdamW)")
     if lc.token_noise and not cfg.decoder_only:
         raise ConfigError("tokenizer.loss.token_noise is for a decoder trained alone: set decoder_only=true "
                           "(and init_from)")

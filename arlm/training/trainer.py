@@ -9,7 +9,7 @@ global batch's normaliser, so N micro-batches on M processes give the gradient o
 the non-finite guard, the weight EMA, the log / picture / held-out / checkpoint cadence, and the run
 directory (`Run`).
 
-    for step in range(start, max_steps):
+    for step in range(start, max_steps):             (or until trainer.max_minutes have passed)
         micro = stage.micro_batches(step)           -> forward and backward of each, scaled
         guard: finite loss and gradient?            -> optimizer step, EMA, stage.after_step
         every log_every: metrics row                 every eval_every: held-out figures
@@ -21,7 +21,6 @@ Under torchrun every process runs the same steps on its own part of each batch; 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,7 +37,6 @@ from arlm.log import log, progress
 from arlm.training.common import (EMA, Metrics, NonFinite, clip_gradients, lr_at, prepare_run_dir, rng_state, run_info,
                                   set_lr, set_rng_state)
 
-BUDGET_PROBE = (20, 60)  # trainer.budget_s: the steps whose rate sets the run's length (after a warm-up)
 
 
 class Stage(Protocol):
@@ -147,6 +145,31 @@ class Run:
         parallel.barrier()
 
 
+class Clock:
+    """trainer.max_minutes: the run's wall time, as rank 0 measures it and every process reads it (so that all
+    take the same lr and end at the same step), carried over a resume (the time saved in the checkpoint).
+
+    The schedule follows this clock instead of a step count: the run ends on time however fast the machine is
+    or becomes, at the price of a step count, and so of figures, that differ from one machine or run to the
+    next (a resumed run takes its lr from the time, not the step: not bit-exact with an uninterrupted one)."""
+
+    def __init__(self, minutes: float, device: torch.device, rank: int) -> None:
+        self.budget, self.device, self.rank = 60 * minutes, device, rank
+        self.t0, self.offset = time.perf_counter(), 0.0
+        self.now = self.step_s = 0.0
+
+    def read(self) -> float:
+        """The elapsed seconds (a collective under torchrun); remembers the last step's length."""
+        mine = time.perf_counter() - self.t0 + self.offset if self.rank == 0 else 0.0
+        now = float(parallel.all_sum(torch.tensor(mine, dtype=torch.float64, device=self.device)))
+        self.step_s, self.now = now - self.now if self.now else 0.0, now
+        return now
+
+    def ends_after_this_step(self) -> bool:
+        """True when one more step like the last would pass the budget."""
+        return self.now + self.step_s >= self.budget
+
+
 class Trainer:
     """The loop (see the module docstring) for one stage on one run."""
 
@@ -161,6 +184,7 @@ class Trainer:
             self.ema.load_state_dict(checkpoint.load_weights(run.resume_from, "ema"))
         self.step = 0
         self.sums = torch.zeros(stage.n_stats, device=device)  # the statistics since the last log row
+        self.clock = Clock(tc.max_minutes, device, rank) if tc.max_minutes else None
 
     def start(self) -> None:
         """The stage wraps its model (DDP, FSDP2, compile) and makes its optimizer; then the optimizer, the stage's
@@ -180,6 +204,8 @@ class Trainer:
         self.stage.load_state_dict(state)
         set_rng_state(state["rng"])
         self.step = state["step"]
+        if self.clock:
+            self.clock.offset = state.get("elapsed_s", 0.0)
         log.info("resuming %s at step %d", self.run.path, self.step)
 
     def save(self) -> None:
@@ -190,12 +216,14 @@ class Trainer:
         weights.update(self.stage.extra_weights())
         state = {"step": self.step, "opt": parallel.optimizer_state(self.stage.model, self.stage.opt),
                  **self.stage.state_dict(), "rng": rng_state(), "world_size": self.world}
+        if self.clock:
+            state["elapsed_s"] = self.clock.now
         self.run.save(self.step, weights, state, self.tc.keep_checkpoints)
 
-    def train_step(self, step: int) -> bool:
+    def train_step(self, step: int, elapsed_s: float | None = None) -> bool:
         """One optimizer step over the step's micro-batches; whether it was applied (finite)."""
         stage, tc = self.stage, self.tc
-        lr = lr_at(step, tc)
+        lr = lr_at(step, tc, elapsed_s)
         set_lr(stage.opt, lr)
         micro = stage.micro_batches(step)
         total = parallel.all_sum(sum(stage.norm(m) for m in micro).detach().clone())  # the global batch's
@@ -229,7 +257,7 @@ class Trainer:
                "lr": self.stage.opt.param_groups[0]["lr"], **self.stage.speed(steps, elapsed)}
         if metrics:
             metrics.write(row)
-            bar.update(task, completed=self.step, info=self.stage.shown(row))
+            bar.update(task, completed=round(self.clock.now) if self.clock else self.step, info=self.stage.shown(row))
 
     def held_out(self, metrics: Metrics | None) -> None:
         """The stage's held-out figures, logged in a row of their own (`val_` keys)."""
@@ -239,33 +267,24 @@ class Trainer:
             metrics.write({"step": self.step, **{f"val_{k}": v for k, v in figures.items()}})
             log.info("step %d: held out %s", self.step, "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
 
-    def fit_budget(self, max_steps: int, start: int, probe_s: float, bar, task) -> int:
-        """trainer.budget_s: the run's length, from the step rate measured over the probe's steps; the schedule
-        (warm-up and cosine) is then laid over it. At most `max_steps`."""
-        rate = (BUDGET_PROBE[1] - BUDGET_PROBE[0]) / probe_s
-        steps = min(max_steps, max(self.step + 1, start + int(self.tc.budget_s * rate)))
-        steps = int(parallel.all_sum(torch.tensor(float(steps), device=self.device)).item() / self.world)
-        self.tc = dataclasses.replace(self.tc, max_steps=steps)  # what lr_at reads
-        log.info("trainer.budget_s=%g: %.2f steps/s -> %d steps", self.tc.budget_s, rate, steps)
-        if bar:
-            bar.update(task, total=steps)
-        return steps
-
     def fit(self, max_steps: int) -> None:
-        tc = self.tc
+        """Train to `max_steps`, or with trainer.max_minutes until the clock says the time is up."""
+        tc, clock = self.tc, self.clock
         metrics = self.run.metrics(self.step)
         parallel.barrier()  # rank 0 has written the run's first files
         t0, start = time.perf_counter(), self.step
+        if clock:
+            log.info("trainer.max_minutes=%g: the schedule follows the clock (%.0f s left)", tc.max_minutes,
+                     clock.budget - clock.offset)
+        total = round(clock.budget) if clock else max_steps
         with progress() if self.rank == 0 else contextlib.nullcontext() as bar:
-            task = bar.add_task(self.stage.name, total=max_steps, completed=self.step, info="") if bar else None
-            while self.step < max_steps:
-                if tc.budget_s and self.step - start == BUDGET_PROBE[0]:
-                    t_probe = time.perf_counter()
-                self.train_step(self.step)
+            task = bar.add_task(self.stage.name, total=total, completed=self.step if not clock else 0,
+                                info="") if bar else None
+            while clock or self.step < max_steps:
+                elapsed = clock.read() if clock else None
+                self.train_step(self.step, elapsed)
                 self.step += 1
-                if tc.budget_s and self.step - start == BUDGET_PROBE[1]:
-                    max_steps = self.fit_budget(max_steps, start, (time.perf_counter() - t_probe), bar, task)
-                last = self.step == max_steps
+                last = clock.ends_after_this_step() if clock else self.step == max_steps
                 if self.step % tc.log_every == 0 or last:
                     self.log_row(metrics, bar, task, self.step - start, time.perf_counter() - t0)
                 if tc.eval_every and (self.step % tc.eval_every == 0 or last):
@@ -274,5 +293,7 @@ class Trainer:
                     self.stage.pictures(self.step, self.ema, metrics)
                 if self.step % tc.ckpt_every == 0 or last:
                     self.save()
+                if last:
+                    break
         if metrics:
             metrics.close()

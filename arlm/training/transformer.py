@@ -8,8 +8,8 @@ dpo: starts from a trained run, on the preference pairs of `arimg make-prefs` (a
 grpo: starts from a trained run, on groups of its own samples drawn as it trains (arlm.training.grpo).
 
 A stage differs from another only in its batches and its objective (`STAGES`; the objectives live in
-arlm.transformer.objectives, dpo and grpo). `TransformerStage` adds what every one of them shares: AdamW (no
-decay on norms and embeddings), parallelism and compilation applied from outside the model (arlm.parallel), a
+arlm.transformer.objectives, dpo and grpo). `TransformerStage` adds what every one of them shares: the optimizer
+(arlm.training.optim: AdamW, or Muon on the blocks' matrices), parallelism and compilation applied from outside the model (arlm.parallel), a
 metrics row with tokens/s and MFU against the matmul peak measured at start, sample grids of the fixed prompts
 judged every `image_every` steps (arlm.judge), the held-out loss on `data.val_shards` every `eval_every`, and
 the vocabulary in every checkpoint. The batch of a step is a function of the step (arlm.transformer.data), so
@@ -36,6 +36,7 @@ from arlm.log import log
 from arlm.perf import DTYPES, matmul_flops, resolve_precision
 from arlm.training import dpo, grpo
 from arlm.training.common import EMA, Metrics, check, seed_all
+from arlm.training.optim import make_optimizer
 from arlm.training.trainer import Run, Trainer
 from arlm.transformer.ckpt import KIND, VOCAB_FILE, read_vocab, vocab_json
 from arlm.transformer.data import Batches, TokenInfo, caption_words, token_info
@@ -44,14 +45,6 @@ from arlm.transformer.objectives import NextPatch, NextToken
 from arlm.transformer.sample import Settings, check_prompt
 from arlm.transformer.sequence import LayoutError, Vocab
 from arlm.viz import contact_sheet, line_plot
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay on matmul weights only: norms, biases and embeddings (the tied head included) keep theirs."""
-    decay, keep = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and not name.startswith("embed") else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def memory_mib(device: torch.device) -> float:
@@ -211,8 +204,7 @@ class TransformerStage:
     def wrap(self) -> None:
         tc = self.cfg.trainer
         self.net = parallel.parallelize(self.model, tc.parallel, tc.compile, self.world)
-        self.opt = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-                                     fused=self.device.type == "cuda")
+        self.opt = make_optimizer(self.model, tc, self.device)
 
     def describe(self) -> None:
         """Once restored, before the first step: the matmul peak that MFU is measured against, and a log line."""
