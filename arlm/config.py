@@ -140,6 +140,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = False  # RMSNorm on queries and keys (Chameleon, Lumina-mGPT: stabilises long runs)
     tie_embeddings: bool = True
+    mlp: str = "swiglu"  # swiglu | relu2 (ReLU squared, one up-projection of 4 * dim unless ffn_hidden)
+    zero_init: bool = False  # the blocks' output projections (attention's and the MLP's) start at zero
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c)
+    embed_skip: bool = False  # each block's input mixes the token embedding back in, by two learned scalars
     norm_eps: float = 1e-5
     init_std: float = 0.02
 

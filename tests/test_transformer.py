@@ -122,11 +122,14 @@ def test_batch_build_equals_one_sequence_at_a_time():
 
 # --- model ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra", [{}, {"rope": "1d", "qk_norm": True, "tie_embeddings": False, "n_kv_heads": 2}])
+@pytest.mark.parametrize("extra", [{}, {"rope": "1d", "qk_norm": True, "tie_embeddings": False, "n_kv_heads": 2},
+                                   {"mlp": "relu2", "logit_softcap": 2.0, "embed_skip": True}])
 def test_model_is_causal_and_the_cache_equals_recomputation(extra):
     torch.manual_seed(0)
     cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64, **extra)
     model = Transformer(cfg, 128).eval()
+    for block in model.blocks if cfg.embed_skip else ():  # as training leaves them: the embedding mixed in
+        block.skip.data = torch.tensor([0.7, 0.4])
     B, T = 2, 20
     tokens = torch.randint(0, 128, (B, T))
     pos = positions(torch.arange(T).expand(B, T), torch.tensor([[6], [6]]), 3, 4, 12)
@@ -140,6 +143,23 @@ def test_model_is_causal_and_the_cache_equals_recomputation(extra):
         steps.append(model(tokens[:, t:t + 1], pos[:, t:t + 1], cache))
     steps.append(model(tokens[:, 17:], pos[:, 17:], cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_the_speedrun_options_keep_their_promises():
+    """zero_init: the blocks add nothing at first (the logits are the embedding's); logit_softcap bounds the
+    logits; relu2 has one up-projection of 4 * dim (SwiGLU's parameter count at 8/3 * dim, two of them)."""
+    torch.manual_seed(0)
+    tokens, pos = torch.randint(0, 128, (2, 10)), torch.zeros(2, 10, 2, dtype=torch.long)
+    zero = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64, zero_init=True), 128)
+    x = zero.norm(zero.embed(tokens))
+    torch.testing.assert_close(zero(tokens, pos), x @ zero.head.weight.T)
+    capped = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, max_seq_len=64, logit_softcap=0.5, init_std=1.0), 128)
+    out = capped(tokens, pos)
+    assert out.abs().max() <= 0.5 and out.abs().max() > 0.4  # large logits squashed to the cap
+    relu2 = Transformer(ModelConfig(dim=48, n_layers=1, n_heads=4, mlp="relu2"), 128).blocks[0].mlp
+    assert relu2.w1.weight.shape == (192, 48) and relu2.w2.weight.shape == (48, 192)
+    with pytest.raises(ValueError, match="model.mlp"):
+        Transformer(ModelConfig(dim=32, n_layers=1, n_heads=4, mlp="gelu"), 128)
 
 
 def test_loss_goes_down_on_a_fixed_batch():

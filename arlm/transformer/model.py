@@ -7,7 +7,8 @@ PyTorch's scaled_dot_product_attention, an optional KV cache), the SwiGLU MLP, t
 - 2d rope (LlamaGen, Sun et al., 2024; Lumina-mGPT): half of each head's rotary pairs turn with a token's row,
   half with its column; `sequence.positions` gives text tokens (t, t), so 1d and 2d share one code path.
 - QK-norm (Chameleon, 2024; Dehghani et al., 2023) and the z-loss (PaLM, computed by the trainer) keep long
-  runs stable. The model knows nothing of ranks, precision or compilation: those are applied from outside.
+  runs stable. From the nanoGPT speedrun, each off by default: ReLU squared for SwiGLU, zero-initialized output
+  projections, a learned skip from the embedding into every block, logit soft-capping. The model knows nothing of ranks, precision or compilation: those are applied from outside.
 
 Shapes: B batch, T tokens, D dim, H heads, Hkv key/value heads, d head dim, V vocabulary.
 """
@@ -24,7 +25,9 @@ from arlm.config import ModelConfig
 
 
 def ffn_hidden(cfg: ModelConfig) -> int:
-    return cfg.ffn_hidden or -(-int(8 * cfg.dim / 3) // 64) * 64
+    if cfg.ffn_hidden:
+        return cfg.ffn_hidden
+    return 4 * cfg.dim if cfg.mlp == "relu2" else -(-int(8 * cfg.dim / 3) // 64) * 64
 
 
 def check_config(cfg: ModelConfig) -> None:
@@ -36,6 +39,10 @@ def check_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.n_heads {cfg.n_heads} is not a multiple of model.n_kv_heads {kv}")
     if cfg.rope not in ("1d", "2d"):
         raise ValueError(f"model.rope must be 1d or 2d, got {cfg.rope!r}")
+    if cfg.mlp not in ("swiglu", "relu2"):
+        raise ValueError(f"model.mlp must be swiglu or relu2, got {cfg.mlp!r}")
+    if cfg.logit_softcap < 0:
+        raise ValueError(f"model.logit_softcap must be 0 (off) or positive, got {cfg.logit_softcap}")
     if (cfg.dim // cfg.n_heads) % (4 if cfg.rope == "2d" else 2):
         raise ValueError(f"head dim {cfg.dim // cfg.n_heads} must be a multiple of 4 for 2d rope (2 for 1d)")
 
@@ -134,15 +141,33 @@ class MLP(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
+class ReLU2(nn.Module):
+    """w2(relu(x w1)^2) (So et al., Primer, 2021; the nanoGPT speedrun): one up-projection instead of two."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = ffn_hidden(cfg)
+        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.relu(self.w1(x)).square())
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = ReLU2(cfg) if cfg.mlp == "relu2" else MLP(cfg)
+        # embed_skip: the input becomes skip[0] * x + skip[1] * x0, x0 the token embedding (the speedrun's
+        # skip from the embedding); starts as the plain residual stream
+        self.skip = nn.Parameter(torch.tensor([1.0, 0.0])) if cfg.embed_skip else None
 
-    def forward(self, x, cos, sin, cache=None, mask=None):
+    def forward(self, x, cos, sin, cache=None, mask=None, x0=None):
+        if self.skip is not None:
+            x = self.skip[0] * x + self.skip[1] * x0
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, mask)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -159,9 +184,12 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth, or zero
             if name.endswith(("proj.weight", "w2.weight")):
-                nn.init.normal_(p, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+                if cfg.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -180,12 +208,17 @@ class Transformer(nn.Module):
         if groups is not None:
             b, t2, g = groups.shape
             x = x.gather(1, groups.reshape(b, t2 * g, 1).expand(-1, -1, x.shape[-1])).view(b, t2, g, -1).mean(2)
+        x0 = x
         for block in self.blocks:
-            x = block(x, cos, sin, cache, mask)
+            x = block(x, cos, sin, cache, mask, x0)
         if cache is not None:
             cache.length += tokens.shape[1]
         x = self.norm(x[:, -1:] if last_only else x)
-        return F.linear(x, self.head.weight if rows is None else self.head.weight[rows])
+        logits = F.linear(x, self.head.weight if rows is None else self.head.weight[rows])
+        if self.cfg.logit_softcap:
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
+        return logits
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
