@@ -224,6 +224,10 @@ class TokenDataConfig:
     caption_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
     words: int = 0  # a new model's word pieces: the most frequent lowercase words of the captions, one id each (0: bytes)
     kinds: Optional[list[str]] = None  # keep only samples whose record has one of these kinds (SFT filter)
+    # a sample of a kind is drawn its weight times as often as one of weight 1 (a sample without a record, or of
+    # another kind); batches are then drawn with replacement, per step. All 1: every sample once per epoch
+    kind_weights: dict[str, float] = field(
+        default_factory=lambda: {"single": 1.0, "count": 1.0, "relation": 1.0, "text": 1.0})
     caption_regex: Optional[str] = None  # keep only samples whose caption matches (SFT filter)
     shuffle_buffer: int = 2000  # stream mode: samples held for shuffling
     seed: int = 0

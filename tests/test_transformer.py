@@ -276,6 +276,29 @@ def test_ranks_split_the_global_batch_of_one_process(token_dir):
     assert 8 <= dropped <= 40  # about half of 48
 
 
+def test_kind_weights_draw_each_kind_as_often_as_asked(token_dir):
+    """data.kind_weights: a draw per step, a pure function of the step (resume) split across ranks as one
+    process draws it; a kind of weight 0 never comes, one of weight 3 three times as often per sample."""
+    info = token_info(str(token_dir))
+    vocab = Vocab(info.codebook_size, info.tokenizer)
+    weights = {"single": 1.0, "count": 0.0, "relation": 1.0, "text": 3.0}
+    cfg = TokenDataConfig(shards=str(token_dir), batch_size=8, caption_dropout=0.0, kind_weights=weights)
+    one = Batches(cfg, vocab, info, 192, torch.device("cpu"))
+    parts = [Batches(cfg, vocab, info, 192, torch.device("cpu"), rank=r, world=2) for r in range(2)]
+    assert torch.equal(one.batch(5)[0][0], torch.cat([p.batch(5)[0][0] for p in parts]))
+    assert torch.equal(one.batch(5)[0][0], Batches(cfg, vocab, info, 192, torch.device("cpu")).batch(5)[0][0])
+    drawn = [one.kinds[i] for step in range(400) for i in one._indices(step).tolist()]
+    have = {k: one.kinds.count(k) for k in weights}
+    assert "count" not in drawn and have["text"] and have["single"]
+    per_sample = {k: drawn.count(k) / have[k] for k in ("single", "text")}
+    assert per_sample["text"] / per_sample["single"] == pytest.approx(3.0, rel=0.25)  # 3,200 draws
+    with pytest.raises(ConfigError, match="kind_weights"):
+        Batches(dataclasses.replace(cfg, mode="stream"), vocab, info, 192, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="kind_weights"):
+        Batches(dataclasses.replace(cfg, kind_weights={k: 0.0 for k in weights}), vocab, info, 192,
+                torch.device("cpu"))
+
+
 def test_stream_mode_and_filters(token_dir):
     info = token_info(str(token_dir))
     vocab = Vocab(info.codebook_size, info.tokenizer)

@@ -4,7 +4,8 @@ memory mode (default): every sample is read once into three contiguous tensors o
 captions (N, L) text ids, their lengths (N,) and visual codes (N, h*w), and each step gathers its batch there
 by index (`Vocab.build`): no per-sample Python and no host-to-device copy in the hot loop. The batch of
 step s is a pure function of (seed, s): a permutation per epoch, the step's slice of it, a caption-dropout
-draw per step. So resuming needs nothing but the step, and under torchrun rank r takes its own contiguous
+draw per step; with `data.kind_weights`, a draw with replacement per step in which a sample of kind k is
+drawn weight[k] times as often as one of weight 1 (harder kinds get more of the steps). So resuming needs nothing but the step, and under torchrun rank r takes its own contiguous
 part of the same global batch: N processes see exactly the samples one process would, the basis of the
 1-process vs N-process loss parity test.
 
@@ -81,8 +82,8 @@ def _keep(cfg: TokenDataConfig) -> callable:
 
 
 def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipCounter,
-            raws: Iterator[dict] | None = None) -> Iterator[tuple[bytes, np.ndarray]]:
-    """(caption bytes, (h, w) codes) of each usable sample that passes the filter."""
+            raws: Iterator[dict] | None = None) -> Iterator[tuple[bytes, np.ndarray, str | None]]:
+    """(caption bytes, (h, w) codes, the record's kind or None) of each usable sample that passes the filter."""
     keep = _keep(cfg)
     for raw in raws if raws is not None else raw_samples(urls, skips):
         where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
@@ -110,7 +111,7 @@ def samples(urls: list[str], cfg: TokenDataConfig, info: TokenInfo, skips: SkipC
         if not keep(caption, record):
             skips.add("filtered out", where)
             continue
-        yield text[:MAX_TEXT], codes
+        yield text[:MAX_TEXT], codes, (record or {}).get("kind")
 
 
 def pad_text(ids: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +128,7 @@ def caption_words(cfg: TokenDataConfig, info: TokenInfo) -> tuple[str, ...]:
     if cfg.words <= 0:
         return ()
     skips = SkipCounter()
-    captions = (t.decode("utf-8") for t, _ in samples(expand(cfg.shards), cfg, info, skips))
+    captions = (t.decode("utf-8") for t, _, _ in samples(expand(cfg.shards), cfg, info, skips))
     return top_words(itertools.islice(captions, WORD_SCAN), cfg.words)
 
 
@@ -144,6 +145,18 @@ def check_fits(vocab: Vocab, grid: tuple[int, int], text_len: int, max_seq_len: 
     return need
 
 
+def weighted(cfg: TokenDataConfig) -> bool:
+    """Whether data.kind_weights changes the draw (any weight other than 1)."""
+    return any(w != 1 for w in cfg.kind_weights.values())
+
+
+def _kind_weights(kinds: list[str | None], weights: dict[str, float]) -> torch.Tensor:
+    """(N,) each sample's drawing weight: its kind's (1 for another kind, or a sample without a record)."""
+    if any(not w >= 0 for w in weights.values()) or not any(weights.get(k, 1.0) > 0 for k in kinds):
+        raise ConfigError(f"data.kind_weights must be at least 0 and leave some sample drawn, got {dict(weights)}")
+    return torch.tensor([float(weights.get(k, 1.0)) for k in kinds], dtype=torch.float64)
+
+
 class Batches:
     """Micro-batches (tokens, positions, region) of this rank for a step; see the module docstring."""
 
@@ -154,6 +167,8 @@ class Batches:
         if cfg.batch_size % (world * accum):
             raise ConfigError(f"data.batch_size {cfg.batch_size} is not a multiple of processes x trainer.grad_accum "
                               f"= {world} x {accum}")
+        if weighted(cfg) and cfg.mode != "memory":
+            raise ConfigError("data.kind_weights draws from the whole set: it needs data.mode=memory")
         if not 0 <= cfg.caption_dropout <= 1:
             raise ConfigError(f"data.caption_dropout must lie in [0, 1], got {cfg.caption_dropout}")
         self.cfg, self.vocab, self.info, self.device = cfg, vocab, info, device
@@ -174,10 +189,11 @@ class Batches:
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def _load(self) -> None:
-        texts, codes = [], []
-        for text, grid in samples(self.urls, self.cfg, self.info, self.skips):
+        texts, codes, kinds = [], [], []
+        for text, grid, kind in samples(self.urls, self.cfg, self.info, self.skips):
             texts.append(text)
             codes.append(grid.reshape(-1))
+            kinds.append(kind)
         self.skips.log_summary()
         if len(texts) < self.cfg.batch_size:
             raise UserError(f"{len(texts)} usable samples in {self.cfg.shards}, fewer than data.batch_size "
@@ -188,6 +204,8 @@ class Batches:
         self.text, self.lengths = (t.to(self.device) for t in pad_text(ids, self.text_len))  # (N, L), (N,)
         self.codes = torch.from_numpy(np.stack(codes)).to(self.device)  # (N, h*w), int16
         self.steps_per_epoch = self.n // self.cfg.batch_size
+        self.kinds = kinds
+        self.weights = _kind_weights(kinds, self.cfg.kind_weights) if weighted(self.cfg) else None
 
     # --- what every mode shares -------------------------------------------------------------------------
     def _encode(self, caption: bytes) -> list[int]:
@@ -215,6 +233,10 @@ class Batches:
 
     def _indices(self, step: int) -> torch.Tensor:
         """(local,) memory mode: the samples of this rank's part of global step `step`."""
+        if self.weights is not None:  # a draw of the global batch per step, the same in every process
+            g = torch.Generator().manual_seed(_seed("weighted", self.cfg.seed, step))
+            drawn = torch.multinomial(self.weights, self.cfg.batch_size, replacement=True, generator=g)
+            return drawn[self.rank * self.local:(self.rank + 1) * self.local].to(self.device)
         epoch, k = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(_seed("epoch", self.cfg.seed, epoch))
@@ -259,9 +281,9 @@ class Batches:
                 next(self._stream)
         self._stream_step = step
         rows = [next(self._stream) for _ in range(self.local)]
-        ids = [self._encode(t) for t, _ in rows]
+        ids = [self._encode(t) for t, _, _ in rows]
         if max(map(len, ids)) > self.text_len:
             raise LayoutError(f"a caption of {max(map(len, ids))} text tokens does not fit model.max_seq_len")
         text, lengths = pad_text(ids, self.text_len)
-        codes = torch.from_numpy(np.stack([c.reshape(-1) for _, c in rows]))
+        codes = torch.from_numpy(np.stack([c.reshape(-1) for _, c, _ in rows]))
         return self._micro(text.to(self.device), lengths.to(self.device), codes.to(self.device), step)
