@@ -49,11 +49,12 @@ def train_variant(args, name: str, overrides: list[str]) -> dict:
 
     run = Path(args.runs) / name
     over = [f"data.shards={args.tokens}", f"run_dir={run}", "overwrite=true", "trainer.image_every=1000000",
-            "trainer.ckpt_every=1000000", f"trainer.seed={args.seed}", *args.overrides, *overrides]
+            "trainer.ckpt_every=1000000", f"trainer.seed={args.seed}"]
     if args.minutes:
         over.append(f"trainer.max_minutes={args.minutes}")
     if args.val_tokens:
         over += [f"data.val_shards={args.val_tokens}", f"trainer.eval_every={args.val_every}"]
+    over += [*args.overrides, *overrides]  # last: a variant may set its own, e.g. trainer.eval_every
     t0 = time.perf_counter()
     train(to_object(compose(args.stage, over)))
     wall = time.perf_counter() - t0
@@ -118,7 +119,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value")
     ap.add_argument("--tokens", help="token shards (arimg pretokenize)")
     ap.add_argument("--val-tokens", default=None, help="held-out token shards of the same tokenizer: the loss curve")
-    ap.add_argument("--val-every", type=int, default=200, help="steps between held-out losses")
+    ap.add_argument("--val-every", type=int, default=200,
+                    help="steps between held-out losses (a variant with a larger batch may set trainer.eval_every)")
     ap.add_argument("--minutes", type=float, default=10.0, help="training minutes (trainer.max_minutes); 0: max_steps")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
     ap.add_argument("--seed", type=int, default=0, help="trainer.seed (initial weights, data order)")
