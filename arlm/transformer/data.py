@@ -177,6 +177,7 @@ class Batches:
         self.grid = tuple(info.grid)
         self.urls = expand(cfg.shards)
         self.skips = SkipCounter()
+        self.weights: torch.Tensor | None = None  # per-sample draw weights when data.kind_weights asks for them
         if cfg.mode == "memory":
             self._load()
             self.seq_len = check_fits(vocab, self.grid, self.text_len, max_seq_len)
