@@ -12,11 +12,12 @@ from pathlib import Path
 from arlm.config import EvalImagesConfig
 from arlm.data.shards import BadImage, SkipCounter
 from arlm.data.sources import Item, iter_items
-from arlm.judge import judge_many, summarize
+from arlm.judge import check_reader, judge_many, summarize
 from arlm.log import progress
 
 
 def eval_images(src: str, cfg: EvalImagesConfig) -> dict:
+    check_reader(cfg.judge, evaluation=True)
     skips = SkipCounter()
     source = iter_items(src, skips)  # opens and checks the source now, before any progress is drawn
     pending: deque[Item] = deque()  # items whose verdict is still to come (judge_many keeps input order)

@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from arlm import ocr
+from arlm import glyphs, ocr
 from arlm.config import JudgeConfig
+from arlm.errors import ConfigError
 from arlm.synth import BACKGROUNDS, COLORS, KINDS, NUMBERS, RELATIONS, SHAPES, article, relation_holds
 
 ImageLike = Image.Image | np.ndarray
@@ -337,12 +338,25 @@ def _describe(counts: Counter, order: Sequence[tuple[str, str]] = ()) -> str:
     return ", ".join(_plural(counts[k], *k) for k in keys)
 
 
+READERS = ("tesseract", "glyphs")
+
+
+def check_reader(cfg: JudgeConfig, evaluation: bool = False) -> None:
+    """ConfigError for a reader that is not one, or (`evaluation`) one an evaluation may not use."""
+    if cfg.reader not in READERS:
+        raise ConfigError(f"judge.reader must be tesseract or glyphs, got {cfg.reader!r}")
+    if evaluation and cfg.reader != "tesseract":
+        raise ConfigError("judge.reader=glyphs is for training rewards: an evaluation keeps the full judge "
+                          "(judge.reader=tesseract)")
+
+
 def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> Verdict:
     """Does `image` (PIL image or HxWx3 uint8 array, any size) show what `caption` says?"""
+    check_reader(cfg)
     exp = parse_caption(caption)
     if exp is None:
         return Verdict(False, None, OUTSIDE)
-    if exp.kind == "text" and cfg.ocr:
+    if exp.kind == "text" and cfg.ocr and cfg.reader == "tesseract":
         ocr.find_tesseract(cfg.tesseract)  # fail loudly before any work, even for images rejected early
     rgb = _as_rgb(image)
     h, w = rgb.shape[:2]
@@ -365,7 +379,8 @@ def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> V
             return verdict(False, f"expected {exp.text_color} text, found mostly {dominant}", ink=dominant)
         if not cfg.ocr:
             return verdict(True, f"{dominant} text (ocr off)", ink=dominant)
-        read = _read_word(_text_alpha(rgb, bg_rgb, label, ink, ci), exp.word, cfg)
+        alpha = _text_alpha(rgb, bg_rgb, label, ink, ci)
+        read = glyphs.read_word(alpha, exp.word) if cfg.reader == "glyphs" else _read_word(alpha, exp.word, cfg)
         ok = read == exp.word
         return verdict(ok, f"ocr read {read!r}" + ("" if ok else f", expected {exp.word!r}"), ocr=read, ink=dominant)
 

@@ -82,7 +82,7 @@ def words() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=4096)
-def _fit_font(word: str, h: int, w: int) -> int:
+def fit_font(word: str, h: int, w: int) -> int:
     """Largest font size whose rendered word fits inside the image with a small margin."""
     margin = max(2, min(h, w) // 16)
     lo, hi = 4, 2 * h
@@ -203,7 +203,7 @@ def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS) 
     objects, relation, word = [], None, None
     if kind == "text":
         word, color = pick(words()), pick(colors)
-        font = bold_font(_fit_font(word, h, w))
+        font = bold_font(fit_font(word, h, w))
         x0, y0, x1, y1 = font.getbbox(word)
         draw.fontmode = "1"  # no anti-aliasing: glyph pixels carry the exact palette colour
         draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=COLORS[color], font=font)

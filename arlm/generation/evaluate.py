@@ -26,7 +26,7 @@ from arlm.errors import ConfigError
 from arlm.generation.judged import Judged, sample_and_judge, verdict_labels
 from arlm.generation.prompts import choose_prompts, image_jobs
 from arlm.generation.sampler import Request, Sampler, image_seed
-from arlm.judge import Verdict, parse_caption, score, summarize
+from arlm.judge import Verdict, check_reader, parse_caption, score, summarize
 from arlm.log import log, progress
 from arlm.synth import KINDS
 from arlm.transformer.sample import Settings
@@ -81,6 +81,7 @@ def eval_generator(ckpt: str, cfg) -> dict | None:
 def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict | None:
     if cfg.n < 1 or cfg.batch_size < 1 or not cfg.seeds:
         raise ConfigError("n and batch_size must be at least 1, and seeds must name at least one seed")
+    check_reader(cfg.judge, evaluation=True)
     prompts = choose_prompts(cfg)
     parsed = [p for p in prompts if parse_caption(p) is not None]
     unparsed = len(prompts) - len(parsed)

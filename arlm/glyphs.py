@@ -1,0 +1,171 @@
+"""A fast reader of the synthetic set's one font, for training rewards only (`judge.reader=glyphs`).
+
+The judge reads words with tesseract: a subprocess per try, up to three tries per image, which bounds how
+fast preference data can be made. Every synthetic word is drawn in one font (arlm.assets.bold_font), upper
+case, at the largest size that fits, centred; so a reader can lay the font's own capitals over the ink.
+Given the word the caption asks for, `read_word`:
+
+1. checks that the ink looks like a word at all: the expected word, drawn as the set draws it, correlates
+   with the ink at least `MIN_MATCH` at some shift of a few pixels (else the read is empty);
+2. for font sizes near the expected word's and a few vertical offsets, finds the row of as many capitals as
+   the expected word has, each placed one advance after the last (a pixel of slack), that explains the ink
+   best: a letter's gain is how much it lowers the squared difference between the ink and the drawing in its
+   columns, and a dynamic programme over the pen position picks the best sequence (one letter of the
+   sequence never depends on a guess at the others, so a near miss reads as what is shown);
+3. reads the best row's letters.
+
+Ink and glyphs are compared softened (`BLUR`), so that a stroke a pixel off still overlaps. It reads only
+words of the expected length, in this font: what a reward on the synthetic set needs, not what an evaluation
+may use (evaluations refuse it and keep tesseract; scripts/reader_agreement.py measures the two readers'
+agreement).
+"""
+
+from __future__ import annotations
+
+import string
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from arlm.assets import bold_font
+from arlm.synth import fit_font
+
+BLUR = 0.7  # px
+MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which nothing is read
+EXPLAINED = 0.8  # the share of the ink's energy the best row of letters must explain, else nothing is read
+SHIFT = 3  # px: the expected word is laid on the ink at offsets up to this far
+SIZES = 1  # px: the cap heights tried either side of the ink's
+ROWS = 0  # px: vertical offsets tried either side of the one the ink gives
+SLACK = 1  # px: a letter may start this far from where the last one's advance ends
+LETTERS = string.ascii_uppercase
+
+
+def _soft(a: np.ndarray) -> np.ndarray:
+    return ndimage.gaussian_filter(a.astype(np.float32), BLUR)
+
+
+def _standard(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean()) / (a.std() + 1e-6)
+
+
+@lru_cache(maxsize=4096)
+def _word(word: str, px: int, h: int, w: int) -> np.ndarray:
+    """The word drawn as the synthetic set draws it at size px (centred, no anti-aliasing), softened."""
+    font = bold_font(px)
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.fontmode = "1"
+    x0, y0, x1, y1 = font.getbbox(word)
+    y = (h - (y1 - y0)) // 2 - y0
+    draw.text(((w - (x1 - x0)) // 2 - x0, y), word, fill=255, font=font)
+    return _soft(np.asarray(canvas, dtype=np.float32) / 255)
+
+
+@lru_cache(maxsize=1024)
+def _glyphs(px: int, h: int, y: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Each capital at size px with its pen at row y, softened: (the glyph's columns (h, width), the column of
+    its first one relative to the pen, and [a, b] the pen step from letter a to letter b in whole pixels: a's
+    advance with the pair's kerning)."""
+    font = bold_font(px)
+    pad = 2 * px
+    bitmaps, lefts = [], []
+    for c in LETTERS:
+        canvas = Image.new("L", (4 * px + 2 * pad, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        draw.fontmode = "1"
+        draw.text((pad, y), c, fill=255, font=font)
+        a = _soft(np.asarray(canvas, dtype=np.float32) / 255)
+        cols = np.flatnonzero(a.max(axis=0) > 1e-3)
+        bitmaps.append(a[:, cols[0]:cols[-1] + 1])
+        lefts.append(cols[0] - pad)
+    steps = np.array([[round(font.getlength(a + b) - font.getlength(b)) for b in LETTERS] for a in LETTERS])
+    return bitmaps, np.array(lefts), steps
+
+
+def _best_row(ink: np.ndarray, n: int, px: int, y: int) -> tuple[float, str]:
+    """The n capitals at size px, pen row y, whose placement explains `ink` best: (their total gain, them)."""
+    h, w = ink.shape
+    bitmaps, lefts, pair_steps = _glyphs(px, h, y)
+    margin = int(max(b.shape[1] for b in bitmaps) + abs(lefts).max()) + 1
+    padded = np.pad(ink, ((0, 0), (margin, margin)))
+    pens = np.arange(-margin + 1, w)  # pen positions (image columns) a letter may take
+    # gain[c, i]: letter c with its pen at pens[i] lowers the squared error by 2 ink.glyph - glyph.glyph
+    gain = np.full((len(LETTERS), len(pens)), -np.inf, dtype=np.float64)
+    for k, b in enumerate(bitmaps):
+        wb = b.shape[1]
+        starts = pens + lefts[k] + margin
+        ok = (starts >= 0) & (starts + wb <= padded.shape[1])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, wb, axis=1)  # (h, W', wb)
+        dots = np.einsum("hpw,hw->p", windows, b)
+        gain[k, ok] = 2 * dots[starts[ok]] - float((b * b).sum())
+    # the row is read left to right; score[k, i]: the best total of a row so far whose last letter is k with its
+    # pen at pens[i]. A letter b follows a letter a whose pen is at q with its own pen at q + steps[a, b] + s,
+    # |s| <= SLACK.
+    P, L = len(pens), len(LETTERS)
+    before = np.arange(P)[None, None, :] - pair_steps[:, :, None]  # [a, b, i]: q + s for b's pen at pens[i]
+    inside = (before >= 0) & (before < P)
+    before = np.clip(before, 0, P - 1)
+    score, back = gain, []
+    for _ in range(n - 1):
+        near = np.full((L, P), -np.inf)  # near[a, r]: a's best total with its pen within SLACK of r
+        pen = np.zeros((L, P), dtype=np.int64)  # ... and that pen
+        for s in range(-SLACK, SLACK + 1):
+            lo, hi = max(0, s), min(P, P + s)
+            cand = np.full((L, P), -np.inf)
+            cand[:, lo:hi] = score[:, lo - s:hi - s]
+            better = cand > near
+            near[better] = cand[better]
+            pen[better] = (np.arange(P)[None, :] - s).repeat(L, 0)[better]
+        cand = np.where(inside, np.take_along_axis(near, before.reshape(L, -1), axis=1).reshape(L, L, P), -np.inf)
+        a = cand.argmax(axis=0)  # (L, P): the best letter before b at pens[i]
+        q = pen[a, np.take_along_axis(before, a[None], axis=0)[0]]  # its pen
+        back.append((a, q))
+        score = cand.max(axis=0) + gain
+    flat = int(score.argmax())
+    total = float(score.reshape(-1)[flat])
+    k, i = divmod(flat, P)
+    read = [LETTERS[k]]
+    for a, q in reversed(back):
+        k, i = int(a[k, i]), int(q[k, i])
+        read.append(LETTERS[k])
+    return total, "".join(reversed(read))
+
+
+@lru_cache(maxsize=512)
+def _cap(px: int) -> tuple[int, int]:
+    """The capitals' top below the pen and their height at size px (those of H: J and Q reach lower)."""
+    _, top, _, bottom = bold_font(px).getbbox("H")
+    return top, bottom - top
+
+
+def _rows(alpha: np.ndarray) -> tuple[int, int]:
+    """The ink's top row and cap height: the rows whose count of inked pixels (alpha >= 1/2) is at least a third
+    of the typical inked row's (a descender's few pixels do not count)."""
+    r = (alpha >= 0.5).sum(axis=1)
+    inked = r[r > 0]
+    core = np.flatnonzero(r >= np.median(inked) / 3)
+    return int(core[0]), int(core[-1] - core[0] + 1)
+
+
+def read_word(alpha: np.ndarray, word: str) -> str:
+    """The read of the text ink `alpha` (H, W in [0, 1]) given the expected `word` (upper case)."""
+    if not word or alpha.max() <= 0:
+        return ""
+    h, w = alpha.shape
+    ink = _soft(alpha)
+    drawn = _word(word, fit_font(word, h, w), h, w)
+    pad = np.pad(_standard(ink), SHIFT, mode="edge")
+    shifted = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(2 * SHIFT + 1) for dx in range(2 * SHIFT + 1)])
+    if float(np.einsum("shw,hw->s", shifted, _standard(drawn)).max()) / (h * w) < MIN_MATCH:
+        return ""
+    if alpha.max() < 0.5:
+        return ""
+    top, height = _rows(alpha)
+    sizes = [px for px in range(4, 2 * h) if abs(_cap(px)[1] - height) <= SIZES]
+    rows = [_best_row(ink, len(word), px, top - _cap(px)[0] + dy) for px in sizes for dy in range(-ROWS, ROWS + 1)]
+    if not rows:
+        return ""
+    total, read = max(rows)
+    return read if total >= EXPLAINED * float((ink * ink).sum()) else ""

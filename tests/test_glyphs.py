@@ -1,0 +1,60 @@
+"""The glyph reader (judge.reader=glyphs): it reads the synthetic font letter by letter, tells a word from its
+near misses, reads nothing where there is no word, and no evaluation may use it. Its agreement with tesseract
+on a model's samples: scripts/reader_agreement.py (docs/results.md)."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from arlm import synth
+from arlm.assets import bold_font
+from arlm.config import EvalImagesConfig, JudgeConfig
+from arlm.errors import ConfigError
+from arlm.evaluation import eval_images
+from arlm.glyphs import read_word
+from arlm.judge import judge
+
+GLYPHS = JudgeConfig(reader="glyphs")
+
+
+def drawn(word: str, h: int = 64, w: int = 64) -> np.ndarray:
+    """The word's ink as the synthetic set draws it, as a [0, 1] mask."""
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.fontmode = "1"
+    font = bold_font(synth.fit_font(word, h, w))
+    x0, y0, x1, y1 = font.getbbox(word)
+    draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=255, font=font)
+    return np.asarray(canvas, dtype=np.float32) / 255
+
+
+def test_every_synthetic_word_image_is_read_as_its_word():
+    samples = list(synth.generate(150, (64, 64), seed=7, kinds=("text",)))
+    verdicts = [judge(s.image, s.caption, GLYPHS) for s in samples]
+    assert all(v.ok for v in verdicts), [v.reason for v in verdicts if not v.ok][:5]
+
+
+@pytest.mark.parametrize("shown,asked", [("CAT", "CAB"), ("MOON", "MOAN"), ("BOTTLE", "BATTLE"), ("SHIP", "SHOP")])
+def test_a_near_miss_is_read_as_what_is_shown(shown, asked):
+    read = read_word(drawn(shown), asked)
+    assert read == shown and read != asked
+
+
+def test_no_word_reads_as_nothing():
+    rng = np.random.default_rng(0)
+    assert read_word(np.zeros((64, 64), np.float32), "CAT") == ""
+    blob = np.zeros((64, 64), np.float32)
+    blob[20:44, 12:52] = 1.0  # a bar of ink where a word would be
+    assert read_word(blob, "CAT") == ""
+    assert read_word(rng.random((64, 64)).astype(np.float32), "CAT") == ""
+
+
+def test_a_wider_image_is_read_too():
+    assert read_word(drawn("BANANA", 64, 128), "BANANA") == "BANANA"
+
+
+def test_evaluations_keep_the_full_judge(tmp_path):
+    with pytest.raises(ConfigError, match="judge.reader"):
+        eval_images(str(tmp_path), EvalImagesConfig(judge=GLYPHS))
+    with pytest.raises(ConfigError, match="judge.reader"):
+        judge(Image.new("RGB", (64, 64)), "a red circle", JudgeConfig(reader="easyocr"))
