@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from arlm.config import compose, to_object
@@ -60,8 +61,11 @@ def train_variant(args, name: str, overrides: list[str]) -> dict:
     wall = time.perf_counter() - t0
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     timed = {r["step"]: r["elapsed_s"] for r in rows if "elapsed_s" in r}
-    curve = [[round(timed.get(r["step"], 0) / 60, 2), round(r["val_loss_visual"], 4)]
-             for r in rows if "val_loss_visual" in r]
+    steps = sorted(timed)
+    # a held-out row's minute: interpolated between the logged rows around it (eval_every need not be a
+    # multiple of log_every)
+    curve = [[round(float(np.interp(r["step"], steps, [timed[s] for s in steps])) / 60, 2),
+              round(r["val_loss_visual"], 4)] for r in rows if "val_loss_visual" in r]
     return {"run": str(run), "steps": max(timed), "train_min": round(wall / 60, 2),
             "heldout_visual_loss": curve[-1][1] if curve else None, "curve": curve}
 
