@@ -50,8 +50,8 @@ class JudgeConfig:
     shape_tol: float = 0.25  # signature distance beyond which an object is no shape (ideals are >= 0.33 apart)
     relation_margin: float = 0.0625  # centres apart by this fraction of the side (spec draws >= 1/8; slack for blur)
     ocr: bool = True  # False: text captions are judged on colour alone
-    # tesseract | glyphs: the synthetic font matched letter by letter (arlm.glyphs), for training rewards only:
-    # evaluations refuse it
+    # tesseract | glyphs: the synthetic font laid over the ink (arlm.glyphs), tesseract only where the font
+    # cannot tell; for training rewards only: evaluations refuse it
     reader: str = "tesseract"
     tesseract: str = "tesseract"
     ocr_height: int = 64  # height (px) the word is upscaled to for tesseract

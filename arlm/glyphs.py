@@ -23,6 +23,7 @@ agreement).
 from __future__ import annotations
 
 import string
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -34,7 +35,8 @@ from arlm.synth import fit_font
 
 BLUR = 0.7  # px
 MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which nothing is read
-EXPLAINED = 0.8  # the share of the ink's energy the best row of letters must explain, else nothing is read
+ACCEPT = 0.95  # the share of the ink's energy a read of the expected word explains, to be taken without tesseract
+LEAD = 0.05  # ... and the lead, in that share, another read needs over the expected word
 SHIFT = 3  # px: the expected word is laid on the ink at offsets up to this far
 SIZES = 1  # px: the cap heights tried either side of the ink's
 ROWS = 0  # px: vertical offsets tried either side of the one the ink gives
@@ -84,8 +86,9 @@ def _glyphs(px: int, h: int, y: int) -> tuple[list[np.ndarray], np.ndarray, np.n
     return bitmaps, np.array(lefts), steps
 
 
-def _best_row(ink: np.ndarray, n: int, px: int, y: int) -> tuple[float, str]:
-    """The n capitals at size px, pen row y, whose placement explains `ink` best: (their total gain, them)."""
+def _best_row(ink: np.ndarray, n: int, px: int, y: int, forced: str | None = None) -> tuple[float, str]:
+    """The n capitals at size px, pen row y, whose placement explains `ink` best: (their total gain, them).
+    With `forced`, the letters are those of that word and only their placement is sought."""
     h, w = ink.shape
     bitmaps, lefts, pair_steps = _glyphs(px, h, y)
     margin = int(max(b.shape[1] for b in bitmaps) + abs(lefts).max()) + 1
@@ -107,8 +110,16 @@ def _best_row(ink: np.ndarray, n: int, px: int, y: int) -> tuple[float, str]:
     before = np.arange(P)[None, None, :] - pair_steps[:, :, None]  # [a, b, i]: q + s for b's pen at pens[i]
     inside = (before >= 0) & (before < P)
     before = np.clip(before, 0, P - 1)
-    score, back = gain, []
-    for _ in range(n - 1):
+    def allowed(t: int) -> np.ndarray:  # the gains of the letters step t may take
+        if forced is None:
+            return gain
+        only = np.full_like(gain, -np.inf)
+        k = LETTERS.index(forced[t])
+        only[k] = gain[k]
+        return only
+
+    score, back = allowed(0), []
+    for t in range(1, n):
         near = np.full((L, P), -np.inf)  # near[a, r]: a's best total with its pen within SLACK of r
         pen = np.zeros((L, P), dtype=np.int64)  # ... and that pen
         for s in range(-SLACK, SLACK + 1):
@@ -122,7 +133,7 @@ def _best_row(ink: np.ndarray, n: int, px: int, y: int) -> tuple[float, str]:
         a = cand.argmax(axis=0)  # (L, P): the best letter before b at pens[i]
         q = pen[a, np.take_along_axis(before, a[None], axis=0)[0]]  # its pen
         back.append((a, q))
-        score = cand.max(axis=0) + gain
+        score = cand.max(axis=0) + allowed(t)
     flat = int(score.argmax())
     total = float(score.reshape(-1)[flat])
     k, i = divmod(flat, P)
@@ -140,32 +151,57 @@ def _cap(px: int) -> tuple[int, int]:
     return top, bottom - top
 
 
-def _rows(alpha: np.ndarray) -> tuple[int, int]:
-    """The ink's top row and cap height: the rows whose count of inked pixels (alpha >= 1/2) is at least a third
-    of the typical inked row's (a descender's few pixels do not count)."""
-    r = (alpha >= 0.5).sum(axis=1)
-    inked = r[r > 0]
-    core = np.flatnonzero(r >= np.median(inked) / 3)
+def _rows(alpha: np.ndarray, n: int) -> tuple[int, int] | None:
+    """The ink's top row and cap height for a word of n letters: every capital has ink in every row from its
+    top to the baseline, so those rows cross at least half the letters' strokes, where a descender's rows
+    (J, Q) cross one or two. Strokes are runs of pixels with alpha >= 1/2. None without such rows."""
+    on = (alpha >= 0.5).astype(np.int8)
+    runs = (np.diff(on, axis=1, prepend=0) == 1).sum(axis=1)
+    core = np.flatnonzero(runs >= (n + 1) // 2)
+    if len(core) == 0:
+        return None
     return int(core[0]), int(core[-1] - core[0] + 1)
 
 
-def read_word(alpha: np.ndarray, word: str) -> str:
-    """The read of the text ink `alpha` (H, W in [0, 1]) given the expected `word` (upper case)."""
-    if not word or alpha.max() <= 0:
+def read_word(alpha: np.ndarray, word: str) -> str | None:
+    """The read of the text ink `alpha` (H, W in [0, 1]) given the expected `word` (upper case), or None where
+    the font alone cannot tell (the judge then asks tesseract): a read of the expected word that explains less
+    than `ACCEPT` of the ink, or another read whose lead over the expected word is under `LEAD`."""
+    m = measure(alpha, word)
+    if m.match < MIN_MATCH or m.explained <= 0:
         return ""
+    if m.read == word:
+        return word if m.explained >= ACCEPT else None
+    return m.read if m.explained - m.expected >= LEAD else None
+
+
+@dataclass(frozen=True)
+class Measure:
+    read: str  # the best row of letters
+    match: float  # the expected word's correlation with the ink at its best shift
+    explained: float  # the share of the ink's energy that row explains
+    expected: float  # ... and the share the expected word's letters explain, placed at their best
+
+
+def measure(alpha: np.ndarray, word: str) -> Measure:
+    """What `read_word` decides on, before its thresholds."""
     h, w = alpha.shape
+    if not word or alpha.max() < 0.5:
+        return Measure("", 0.0, 0.0, 0.0)
     ink = _soft(alpha)
     drawn = _word(word, fit_font(word, h, w), h, w)
     pad = np.pad(_standard(ink), SHIFT, mode="edge")
     shifted = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(2 * SHIFT + 1) for dx in range(2 * SHIFT + 1)])
-    if float(np.einsum("shw,hw->s", shifted, _standard(drawn)).max()) / (h * w) < MIN_MATCH:
-        return ""
-    if alpha.max() < 0.5:
-        return ""
-    top, height = _rows(alpha)
-    sizes = [px for px in range(4, 2 * h) if abs(_cap(px)[1] - height) <= SIZES]
-    rows = [_best_row(ink, len(word), px, top - _cap(px)[0] + dy) for px in sizes for dy in range(-ROWS, ROWS + 1)]
-    if not rows:
-        return ""
-    total, read = max(rows)
-    return read if total >= EXPLAINED * float((ink * ink).sum()) else ""
+    match = float(np.einsum("shw,hw->s", shifted, _standard(drawn)).max()) / (h * w)
+    rows = _rows(alpha, len(word))
+    if rows is None:
+        return Measure("", match, 0.0, 0.0)
+    top, height = rows
+    places = [(px, top - _cap(px)[0] + dy) for px in range(4, 2 * h) if abs(_cap(px)[1] - height) <= SIZES
+              for dy in range(-ROWS, ROWS + 1)]
+    if not places:
+        return Measure("", match, 0.0, 0.0)
+    energy = float((ink * ink).sum())
+    total, read = max(_best_row(ink, len(word), px, y) for px, y in places)
+    forced = max(_best_row(ink, len(word), px, y, forced=word)[0] for px, y in places)
+    return Measure(read, match, total / energy, forced / energy)

@@ -356,8 +356,8 @@ def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> V
     exp = parse_caption(caption)
     if exp is None:
         return Verdict(False, None, OUTSIDE)
-    if exp.kind == "text" and cfg.ocr and cfg.reader == "tesseract":
-        ocr.find_tesseract(cfg.tesseract)  # fail loudly before any work, even for images rejected early
+    if exp.kind == "text" and cfg.ocr:
+        ocr.find_tesseract(cfg.tesseract)  # fail loudly before any work (the glyph reader defers to it too)
     rgb = _as_rgb(image)
     h, w = rgb.shape[:2]
     bg, bg_rgb = _background(rgb, cfg)
@@ -380,7 +380,9 @@ def judge(image: ImageLike, caption: str, cfg: JudgeConfig = JudgeConfig()) -> V
         if not cfg.ocr:
             return verdict(True, f"{dominant} text (ocr off)", ink=dominant)
         alpha = _text_alpha(rgb, bg_rgb, label, ink, ci)
-        read = glyphs.read_word(alpha, exp.word) if cfg.reader == "glyphs" else _read_word(alpha, exp.word, cfg)
+        read = glyphs.read_word(alpha, exp.word) if cfg.reader == "glyphs" else None
+        if read is None:  # tesseract, or what the glyph reader leaves to it
+            read = _read_word(alpha, exp.word, cfg)
         ok = read == exp.word
         return verdict(ok, f"ocr read {read!r}" + ("" if ok else f", expected {exp.word!r}"), ocr=read, ink=dominant)
 

@@ -5,8 +5,9 @@ Three sets of word images, each judged twice (the judge with tesseract, as every
 glyph reader): fresh synthetic images (`synth.generate`, a seed no training set uses), the same images after
 the degradations of scripts/judge_figures.py (noise, JPEG, down-up resize, blur), and a model's own samples of
 held-out word prompts (where the reads are hardest: half-drawn letters). Prints one JSON object: per set the
-images, what each reader accepts, the share of equal accept/reject verdicts, the disagreements both ways, and
-milliseconds per image of each judge (one thread; tesseract's subprocesses included).
+images, what each reader accepts, the share of equal accept/reject verdicts, the disagreements both ways, how many
+reads the glyph reader left to tesseract, and milliseconds per image of each judge (one thread; tesseract's
+subprocesses included).
 
     .venv/bin/python scripts/reader_agreement.py --ckpt runs/sft --per-kind 200 --n 3
 """
@@ -17,28 +18,36 @@ import argparse
 import json
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import torch
 
-from arlm import synth
+from arlm import glyphs, synth
 from arlm.config import JudgeConfig
 from arlm.judge import judge
 from arlm.log import setup_logging
 
 
 def agreement(items: list, label: str) -> dict:
-    """Both readers' verdicts on (image, caption) items."""
-    verdicts, ms = {}, {}
+    """Both readers' verdicts on (image, caption) items, and how often the glyph reader left one to tesseract."""
+    verdicts, ms, reads = {}, {}, []
+
+    def counted(alpha, word):
+        reads.append(glyphs.read_word(alpha, word))
+        return reads[-1]
+
     for reader in ("tesseract", "glyphs"):
         cfg = JudgeConfig(reader=reader)
         t0 = time.perf_counter()
-        verdicts[reader] = [judge(image, caption, cfg).ok for image, caption in items]
+        with mock.patch("arlm.judge.glyphs.read_word", counted):
+            verdicts[reader] = [judge(image, caption, cfg).ok for image, caption in items]
         ms[reader] = round(1000 * (time.perf_counter() - t0) / max(1, len(items)), 1)
     a, b = np.array(verdicts["tesseract"]), np.array(verdicts["glyphs"])
     row = {"set": label, "images": len(items), "accepted_tesseract": int(a.sum()), "accepted_glyphs": int(b.sum()),
            "agreement": round(float((a == b).mean()), 4) if len(items) else None,
-           "glyphs_only": int((b & ~a).sum()), "tesseract_only": int((a & ~b).sum()), "ms_per_image": ms}
+           "glyphs_only": int((b & ~a).sum()), "tesseract_only": int((a & ~b).sum()),
+           "read_by_glyphs": len(reads), "left_to_tesseract": sum(r is None for r in reads), "ms_per_image": ms}
     print(json.dumps(row), file=sys.stderr)
     return row
 

@@ -1,6 +1,7 @@
-"""The glyph reader (judge.reader=glyphs): it reads the synthetic font letter by letter, tells a word from its
-near misses, reads nothing where there is no word, and no evaluation may use it. Its agreement with tesseract
-on a model's samples: scripts/reader_agreement.py (docs/results.md)."""
+"""The glyph reader (judge.reader=glyphs): it reads every word of the synthetic font itself, tells a word from
+its near misses, never reads ink that is no word as the word asked, leaves what it cannot tell to tesseract,
+and no evaluation may use it. Its agreement with tesseract on a model's samples: scripts/reader_agreement.py
+(docs/results.md)."""
 
 import numpy as np
 import pytest
@@ -34,19 +35,33 @@ def test_every_synthetic_word_image_is_read_as_its_word():
     assert all(v.ok for v in verdicts), [v.reason for v in verdicts if not v.ok][:5]
 
 
+def test_the_font_alone_reads_every_word_of_the_set():
+    unread = [w for w in synth.words() if read_word(drawn(w), w) != w]
+    assert not unread
+
+
+def test_what_the_font_cannot_tell_is_read_by_tesseract(monkeypatch):
+    samples = list(synth.generate(12, (64, 64), seed=3, kinds=("text",)))
+    full = [judge(s.image, s.caption) for s in samples]
+    monkeypatch.setattr("arlm.judge.glyphs.read_word", lambda alpha, word: None)
+    deferred = [judge(s.image, s.caption, GLYPHS) for s in samples]
+    assert [(v.ok, v.ocr) for v in deferred] == [(v.ok, v.ocr) for v in full]
+
+
 @pytest.mark.parametrize("shown,asked", [("CAT", "CAB"), ("MOON", "MOAN"), ("BOTTLE", "BATTLE"), ("SHIP", "SHOP")])
 def test_a_near_miss_is_read_as_what_is_shown(shown, asked):
     read = read_word(drawn(shown), asked)
     assert read == shown and read != asked
 
 
-def test_no_word_reads_as_nothing():
+def test_ink_that_is_no_word_is_not_read_as_the_word_asked():
     rng = np.random.default_rng(0)
     assert read_word(np.zeros((64, 64), np.float32), "CAT") == ""
+    assert read_word(rng.random((64, 64)).astype(np.float32), "CAT") == ""
     blob = np.zeros((64, 64), np.float32)
     blob[20:44, 12:52] = 1.0  # a bar of ink where a word would be
-    assert read_word(blob, "CAT") == ""
-    assert read_word(rng.random((64, 64)).astype(np.float32), "CAT") == ""
+    assert read_word(blob, "CAT") != "CAT"
+    assert read_word(drawn("CAT")[:, ::-1].copy(), "CAT") != "CAT"  # the word mirrored
 
 
 def test_a_wider_image_is_read_too():
