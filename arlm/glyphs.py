@@ -3,21 +3,23 @@
 The judge reads words with tesseract: a subprocess per try, up to three tries per image, which bounds how
 fast preference data can be made. Every synthetic word is drawn in one font (arlm.assets.bold_font), upper
 case, at the largest size that fits, centred; so a reader can lay the font's own capitals over the ink.
-Given the word the caption asks for, `read_word`:
+Given the word the caption asks for, `measure`:
 
 1. checks that the ink looks like a word at all: the expected word, drawn as the set draws it, correlates
-   with the ink at least `MIN_MATCH` at some shift of a few pixels (else the read is empty);
-2. for font sizes near the expected word's and a few vertical offsets, finds the row of as many capitals as
-   the expected word has, each placed one advance after the last (a pixel of slack), that explains the ink
-   best: a letter's gain is how much it lowers the squared difference between the ink and the drawing in its
-   columns, and a dynamic programme over the pen position picks the best sequence (one letter of the
-   sequence never depends on a guess at the others, so a near miss reads as what is shown);
-3. reads the best row's letters.
+   with the ink at least `MIN_MATCH` at some shift of a few pixels;
+2. takes the ink's top row and cap height from the rows that cross at least half the letters' strokes, and
+   the font sizes whose capitals are that tall;
+3. at each of those sizes finds the row of as many capitals as the expected word has, each pen placed the
+   kerned advance after the last (give or take `SLACK`), that explains the ink best: a letter's gain is how
+   much it lowers the squared difference between ink and drawing in its columns, and a dynamic programme
+   over the pen positions picks the best sequence, so no letter depends on a guess at the others;
+4. does the same with the expected word's letters forced, for the share of the ink they explain.
 
-Ink and glyphs are compared softened (`BLUR`), so that a stroke a pixel off still overlaps. It reads only
+`read_word` reads the best row where it is clear, and returns None where the font cannot tell (the judge
+then asks tesseract): a read of the expected word explaining less than `ACCEPT` of the ink, or another read
+leading the expected word by less than `LEAD`. Ink and glyphs are compared softened (`BLUR`). It reads only
 words of the expected length, in this font: what a reward on the synthetic set needs, not what an evaluation
-may use (evaluations refuse it and keep tesseract; scripts/reader_agreement.py measures the two readers'
-agreement).
+may use (evaluations refuse it; scripts/reader_agreement.py measures its agreement with tesseract).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from scipy import ndimage
 from arlm.assets import bold_font
 from arlm.synth import fit_font
 
-BLUR = 0.7  # px
-MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which nothing is read
+BLUR = 0.7  # px: a stroke a pixel off still overlaps
+MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which the read is empty
 ACCEPT = 0.95  # the share of the ink's energy a read of the expected word explains, to be taken without tesseract
 LEAD = 0.05  # ... and the lead, in that share, another read needs over the expected word
 SHIFT = 3  # px: the expected word is laid on the ink at offsets up to this far

@@ -32,9 +32,10 @@ from arlm.log import setup_logging
 def agreement(items: list, label: str) -> dict:
     """Both readers' verdicts on (image, caption) items, and how often the glyph reader left one to tesseract."""
     verdicts, ms, reads = {}, {}, []
+    read_word = glyphs.read_word
 
     def counted(alpha, word):
-        reads.append(glyphs.read_word(alpha, word))
+        reads.append(read_word(alpha, word))
         return reads[-1]
 
     for reader in ("tesseract", "glyphs"):
