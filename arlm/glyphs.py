@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from arlm.assets import bold_font
-from arlm.synth import fit_font
+from arlm.synth import draw_word
 
 BLUR = 0.7  # px: a stroke a pixel off still overlaps
 MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which the read is empty
@@ -55,15 +55,10 @@ def _standard(a: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4096)
-def _word(word: str, px: int, h: int, w: int) -> np.ndarray:
-    """The word drawn as the synthetic set draws it at size px (centred, no anti-aliasing), softened."""
-    font = bold_font(px)
+def _word(word: str, h: int, w: int) -> np.ndarray:
+    """The word drawn as the synthetic set draws it, softened."""
     canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
-    draw.fontmode = "1"
-    x0, y0, x1, y1 = font.getbbox(word)
-    y = (h - (y1 - y0)) // 2 - y0
-    draw.text(((w - (x1 - x0)) // 2 - x0, y), word, fill=255, font=font)
+    draw_word(ImageDraw.Draw(canvas), word, h, w, 255)
     return _soft(np.asarray(canvas, dtype=np.float32) / 255)
 
 
@@ -191,7 +186,7 @@ def measure(alpha: np.ndarray, word: str) -> Measure:
     if not word or alpha.max() < 0.5:
         return Measure("", 0.0, 0.0, 0.0)
     ink = _soft(alpha)
-    drawn = _word(word, fit_font(word, h, w), h, w)
+    drawn = _word(word, h, w)
     pad = np.pad(_standard(ink), SHIFT, mode="edge")
     shifted = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(2 * SHIFT + 1) for dx in range(2 * SHIFT + 1)])
     match = float(np.einsum("shw,hw->s", shifted, _standard(drawn)).max()) / (h * w)

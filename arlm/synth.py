@@ -82,7 +82,7 @@ def words() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=4096)
-def fit_font(word: str, h: int, w: int) -> int:
+def _fit_font(word: str, h: int, w: int) -> int:
     """Largest font size whose rendered word fits inside the image with a small margin."""
     margin = max(2, min(h, w) // 16)
     lo, hi = 4, 2 * h
@@ -94,6 +94,15 @@ def fit_font(word: str, h: int, w: int) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def draw_word(draw: ImageDraw.ImageDraw, word: str, h: int, w: int, fill) -> None:
+    """The word as the set draws it: bold, at the largest size that fits, centred, and without
+    anti-aliasing, so that its pixels carry the exact colour `fill`."""
+    font = bold_font(_fit_font(word, h, w))
+    x0, y0, x1, y1 = font.getbbox(word)
+    draw.fontmode = "1"
+    draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=fill, font=font)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -203,10 +212,7 @@ def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS) 
     objects, relation, word = [], None, None
     if kind == "text":
         word, color = pick(words()), pick(colors)
-        font = bold_font(fit_font(word, h, w))
-        x0, y0, x1, y1 = font.getbbox(word)
-        draw.fontmode = "1"  # no anti-aliasing: glyph pixels carry the exact palette colour
-        draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=COLORS[color], font=font)
+        draw_word(draw, word, h, w, COLORS[color])
         caption = f'the word "{word}" in {color}'
     else:
         if kind == "single":

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from arlm import synth
-from arlm.assets import bold_font
 from arlm.config import EvalImagesConfig, JudgeConfig
 from arlm.errors import ConfigError
 from arlm.evaluation import eval_images
@@ -21,11 +20,7 @@ GLYPHS = JudgeConfig(reader="glyphs")
 def drawn(word: str, h: int = 64, w: int = 64) -> np.ndarray:
     """The word's ink as the synthetic set draws it, as a [0, 1] mask."""
     canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
-    draw.fontmode = "1"
-    font = bold_font(synth.fit_font(word, h, w))
-    x0, y0, x1, y1 = font.getbbox(word)
-    draw.text(((w - (x1 - x0)) // 2 - x0, (h - (y1 - y0)) // 2 - y0), word, fill=255, font=font)
+    synth.draw_word(ImageDraw.Draw(canvas), word, h, w, 255)
     return np.asarray(canvas, dtype=np.float32) / 255
 
 
