@@ -83,9 +83,9 @@ def _glyphs(px: int, h: int, y: int) -> tuple[list[np.ndarray], np.ndarray, np.n
     return bitmaps, np.array(lefts), steps
 
 
-def _best_row(ink: np.ndarray, n: int, px: int, y: int, forced: str | None = None) -> tuple[float, str]:
-    """The n capitals at size px, pen row y, whose placement explains `ink` best: (their total gain, them).
-    With `forced`, the letters are those of that word and only their placement is sought."""
+def _reads_at(ink: np.ndarray, word: str, px: int, y: int) -> tuple[float, str, float]:
+    """At size px, pen row y: the row of len(word) capitals that explains `ink` best (its total gain, its
+    letters), and the total gain of the word's own letters at their best placement; the gains computed once."""
     h, w = ink.shape
     bitmaps, lefts, pair_steps = _glyphs(px, h, y)
     margin = int(max(b.shape[1] for b in bitmaps) + abs(lefts).max()) + 1
@@ -107,6 +107,16 @@ def _best_row(ink: np.ndarray, n: int, px: int, y: int, forced: str | None = Non
     before = np.arange(P)[None, None, :] - pair_steps[:, :, None]  # [a, b, i]: q + s for b's pen at pens[i]
     inside = (before >= 0) & (before < P)
     before = np.clip(before, 0, P - 1)
+    total, read = _best_row(gain, len(word), before, inside)
+    return total, read, _best_row(gain, len(word), before, inside, forced=word)[0]
+
+
+def _best_row(gain: np.ndarray, n: int, before: np.ndarray, inside: np.ndarray,
+              forced: str | None = None) -> tuple[float, str]:
+    """The dynamic programme over (letter, pen) of `_reads_at`: the best row of n letters (with `forced`, that
+    word's letters) and its total gain."""
+    L, P = gain.shape
+
     def allowed(t: int) -> np.ndarray:  # the gains of the letters step t may take
         if forced is None:
             return gain
@@ -199,6 +209,7 @@ def measure(alpha: np.ndarray, word: str) -> Measure:
     if not places:
         return Measure("", match, 0.0, 0.0)
     energy = float((ink * ink).sum())
-    total, read = max(_best_row(ink, len(word), px, y) for px, y in places)
-    forced = max(_best_row(ink, len(word), px, y, forced=word)[0] for px, y in places)
+    reads = [_reads_at(ink, word, px, y) for px, y in places]
+    total, read = max((r[0], r[1]) for r in reads)
+    forced = max(r[2] for r in reads)
     return Measure(read, match, total / energy, forced / energy)
