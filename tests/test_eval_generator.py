@@ -11,11 +11,26 @@ import torch
 from arlm.judge import judge
 from arlm.synth import KINDS
 from arlm.tokenizer.codec import load_tokenizer
-from arlm.generation.evaluate import diversity
+from arlm.generation.evaluate import diversity, interval95
 from arlm.generation.judged import Judged, sample_and_judge
 from arlm.generation.prompts import grammar_prompts
 from arlm.transformer.ckpt import load_model
 from arlm.transformer.sample import Settings
+
+
+def test_interval95_is_binomial_for_independent_images_and_wider_for_prompts_that_agree():
+    """One image per prompt: 1.96 binomial standard errors (with the G/(G-1) small-sample factor). Four images
+    per prompt that always agree carry one prompt's information: the interval is that of the 25 prompts."""
+    ok = [True] * 30 + [False] * 70
+    p = 0.3
+    assert interval95([str(i) for i in range(100)], ok) == pytest.approx(1.96 * (p * (1 - p) / 99) ** 0.5)
+    prompts = [str(i) for i in range(25) for _ in range(4)]
+    agree = [i < 8 for i in range(25) for _ in range(4)]  # 8 of 25 prompts pass at every image
+    p = 8 / 25
+    assert interval95(prompts, agree) == pytest.approx(1.96 * (p * (1 - p) / 24) ** 0.5)
+    mixed = [k % 2 == 0 for k in range(100)]  # every prompt half right: no spread between prompts
+    assert interval95(prompts, mixed) == 0.0
+    assert interval95(["a", "a"], [True, False]) is None  # one prompt: no interval
 
 
 def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):
@@ -29,6 +44,9 @@ def test_eval_generator_end_to_end(run_cli, tiny_lm, tmp_path):
         assert row["n"] == 2 * 2 * 2, kind  # prompts x images x seeds
         assert row["accuracy"] == pytest.approx(row["spread"]["mean"])
         assert row["accuracy"] <= row["score"] <= 1  # partial credit is at least the share accepted
+        mine = [r for r in (json.loads(ln) for ln in (out / "verdicts.jsonl").read_text().splitlines())
+                if r["kind"] == kind]  # the interval is the verdicts', grouped by prompt
+        assert row["interval95"] == interval95([r["prompt"] for r in mine], [r["ok"] for r in mine])
     assert report["n"] == 4 * 8 and report["unparsed"] == 0 and report["prompts"] == 8
     assert [r["seed"] for r in report["per_seed"]] == [0, 1]
     assert report["accuracy"] == pytest.approx(sum(r["accuracy"] for r in report["per_seed"]) / 2)

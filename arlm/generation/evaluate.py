@@ -3,10 +3,10 @@
 `eval_generator` draws a fixed, seeded set of held-out prompts of every kind from the synthetic grammar (the
 captions of `arimg data synth --seed prompt_seed`, one kind at a time; training sets use seed 0), or reads a
 prompts file, samples `n` images per prompt for each sampling seed at the sampling settings of `arimg
-sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread) and
-the judge's graded score (partial credit, `arlm.judge.score`), the word exact-match rate, and diversity: the
-share of distinct token grids among one prompt's images and the mean pixel distance between them. It writes
-every image, `verdicts.jsonl` and a contact sheet per kind.
+sample`, judges each image, and reports accuracy per kind (averaged over the seeds, with their spread and a
+95% interval over prompts) and the judge's graded score (partial credit, `arlm.judge.score`), the word
+exact-match rate, and diversity: the share of distinct token grids among one prompt's images and the mean
+pixel distance between them. It writes every image, `verdicts.jsonl` and a contact sheet per kind.
 """
 
 from __future__ import annotations
@@ -62,6 +62,22 @@ def word_exact(verdicts: Sequence[Verdict], prompts: Sequence[str]) -> dict:
     return {"n": n, "correct": hits, "accuracy": hits / n if n else None}
 
 
+def interval95(prompts: Sequence[str], ok: Sequence[bool]) -> float | None:
+    """Half-width of the 95% interval of an accepted share whose images come in groups by prompt: the
+    cluster-robust standard error (a prompt's images are not independent draws: an easy prompt passes at
+    every seed), 1.96 of them. With one image per prompt it is the binomial interval. None under 2 prompts."""
+    groups: dict[str, list[int]] = {}
+    for p, o in zip(prompts, ok):
+        g = groups.setdefault(p, [0, 0])
+        g[0], g[1] = g[0] + bool(o), g[1] + 1
+    if len(groups) < 2:
+        return None
+    n = sum(g[1] for g in groups.values())
+    share = sum(g[0] for g in groups.values()) / n
+    var = sum((c - share * m) ** 2 for c, m in groups.values()) / n ** 2 * len(groups) / (len(groups) - 1)
+    return 1.96 * var ** 0.5
+
+
 def _spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
             "std": statistics.pstdev(values)}
@@ -103,7 +119,7 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
     jobs = image_jobs(parsed, cfg.n)
     shared = parallel.share(jobs, rank, world)  # this rank's jobs
     index = {p: k for k, p in enumerate(dict.fromkeys(parsed))}  # file names by prompt number
-    runs, records, every = [], [], []  # every: all seeds' verdicts, for the pooled figures
+    runs, records, every, asked = [], [], [], []  # every: all seeds' verdicts, for the pooled figures
     with progress() as bar, (out / "verdicts.jsonl").open("w") if rank == 0 else contextlib.nullcontext() as details:
         task = bar.add_task("eval generator", total=len(shared) * len(cfg.seeds), info="")
         for seed in cfg.seeds:
@@ -125,6 +141,7 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
                                           "score": round(sc, 4), "reason": v.reason}) + "\n")
             verdicts = [j.verdict for j in judged]
             every += verdicts
+            asked += [j.prompt for j in judged]
             summary = summarize(verdicts)
             for kind, row in summary["per_kind"].items():
                 row["score"] = statistics.fmean(sc for j, sc in zip(judged, scores) if j.verdict.kind == kind)
@@ -143,16 +160,18 @@ def _eval_generator(ckpt: str, cfg, device: str, rank: int, world: int) -> dict 
         labels, marks = verdict_labels(mine)
         sheets[kind] = str(out / f"sheet-{kind}.png")
         contact_sheet([j.image for j in mine], labels, cols=cfg.n * max(1, 8 // cfg.n), marks=marks).save(sheets[kind])
-    return _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, summarize(every), sheets, out)
+    return _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, summarize(every), sheets, out,
+                   list(zip(asked, every)))
 
 
-def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, pooled, sheets, out) -> dict:
+def _report(ckpt, cfg, settings, sampler, parsed, unparsed, runs, pooled, sheets, out, judged) -> dict:
     kinds = list(runs[0]["summary"]["per_kind"])
     per_kind = {}
     for k in kinds:
         accs, pool = [r["summary"]["per_kind"][k]["accuracy"] for r in runs], pooled["per_kind"][k]  # pool: all seeds
+        mine = [(p, v.ok) for p, v in judged if v.kind == k]
         per_kind[k] = {"n": pool["n"], "correct": pool["correct"], "accuracy": statistics.fmean(accs),
-                       "spread": _spread(accs),
+                       "interval95": interval95(*zip(*mine)) if mine else None, "spread": _spread(accs),
                        "score": statistics.fmean(r["summary"]["per_kind"][k]["score"] for r in runs)}
         if "by_length" in pool:  # the word kind by word length
             per_kind[k]["by_length"] = pool["by_length"]
