@@ -6,7 +6,9 @@ batch gets fewer steps, as it would in the real budget). Along the way the train
 visual token (`--val-tokens`, every `--val-every` steps): one run gives a curve of loss against minutes. At the
 end `arimg eval generator` judges the run on held-out prompts of every kind. Two or more `--variant`s run side
 by side, each pinned to its own core with one thread (equal-time pairs on a 2-core machine); sampling settings
-are compared without training: `--eval-only RUN --sampling key=value ...`.
+are compared without training: `--eval-only RUN --sampling key=value ...`. `--points 15,30,60` also judges the
+run's checkpoints at those minutes (the last one saved by then): accuracy against minutes from one run, at
+points part-way through its schedule.
 
     .venv/bin/python scripts/sweep_generator.py --tokens data/synth-tok --val-tokens data/synth-val-tok \\
         --minutes 10 --variant adamw --variant muon:trainer.optimizer=muon,data.batch_size=64
@@ -55,6 +57,9 @@ def train_variant(args, name: str, overrides: list[str]) -> dict:
         over.append(f"trainer.max_minutes={args.minutes}")
     if args.val_tokens:
         over += [f"data.val_shards={args.val_tokens}", f"trainer.eval_every={args.val_every}"]
+    if args.points:  # every checkpoint kept, to judge those at the points
+        over = [o for o in over if not o.startswith("trainer.ckpt_every=")]
+        over += [f"trainer.ckpt_every={args.ckpt_every}", "trainer.keep_checkpoints=0"]
     over += [*args.overrides, *overrides]  # last: a variant may set its own, e.g. trainer.eval_every
     t0 = time.perf_counter()
     train(to_object(compose(args.stage, over)))
@@ -67,14 +72,29 @@ def train_variant(args, name: str, overrides: list[str]) -> dict:
     curve = [[round(float(np.interp(r["step"], steps, [timed[s] for s in steps])) / 60, 2),
               round(r["val_loss_visual"], 4)] for r in rows if "val_loss_visual" in r]
     return {"run": str(run), "steps": max(timed), "train_min": round(wall / 60, 2),
-            "heldout_visual_loss": curve[-1][1] if curve else None, "curve": curve}
+            "heldout_visual_loss": curve[-1][1] if curve else None, "curve": curve, "timed": timed}
 
 
-def evaluate(args, run: str, name: str) -> dict:
+def at_points(args, run: str, timed: dict[int, float]) -> list[tuple[float, Path]]:
+    """For each of args.points (minutes): the run's last checkpoint saved by then, and its minute."""
+    steps = sorted(timed)
+    saved = sorted((int(p.name.split("-")[1]), p) for p in (Path(run) / "checkpoints").glob("step-*"))
+    chosen = []
+    for point in args.points:
+        by_then = [(float(np.interp(s, steps, [timed[k] for k in steps])) / 60, p) for s, p in saved]
+        by_then = [(m, p) for m, p in by_then if m <= point]
+        if not by_then:
+            raise UserError(f"--points: no checkpoint by minute {point:g}; lower --ckpt-every")
+        chosen.append(by_then[-1])
+    return chosen
+
+
+def evaluate(args, run: str, name: str, folder: str | None = None) -> dict:
     from arlm.generation.evaluate import eval_generator
 
-    ev = to_object(compose("eval_generator", [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]",
-                                              f"out={run}/eval-{name}", *[f"sampling.{kv}" for kv in args.sampling]]))
+    over = [f"per_kind={args.per_kind}", f"n={args.n}", f"seeds=[{args.seeds}]", f"out={folder or run}/eval-{name}",
+            *[f"sampling.{kv}" for kv in args.sampling]]
+    ev = to_object(compose("eval_generator", over))
     t0 = time.perf_counter()
     report = eval_generator(run, ev)
     return {"eval_min": round((time.perf_counter() - t0) / 60, 2), "settings": report["settings"],
@@ -92,7 +112,16 @@ def one(args, spec: str) -> dict:
     else:
         row.update(train_variant(args, name, overrides))
         run = row["run"]
+    timed = row.pop("timed", None)
     if args.per_kind:
+        if args.points and timed:
+            row["points"] = []
+            for minute, ckpt in at_points(args, run, timed):
+                ev = evaluate(args, str(ckpt), f"{name}-{ckpt.name}", folder=run)
+                loss = [c[1] for c in row["curve"] if c[0] <= minute + 1e-9]
+                row["points"].append({"minute": round(minute, 2), "step": int(ckpt.name.split("-")[1]),
+                                      "heldout_visual_loss": loss[-1] if loss else None,
+                                      "per_kind": ev["per_kind"], "accuracy": ev["accuracy"]})
         row.update(evaluate(args, run, name))
     return row
 
@@ -126,6 +155,9 @@ def main() -> None:
     ap.add_argument("--val-every", type=int, default=200,
                     help="steps between held-out losses (a variant with a larger batch may set trainer.eval_every)")
     ap.add_argument("--minutes", type=float, default=10.0, help="training minutes (trainer.max_minutes); 0: max_steps")
+    ap.add_argument("--points", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                    help="also judge the checkpoints at these minutes, comma-separated (a curve from one run)")
+    ap.add_argument("--ckpt-every", type=int, default=100, help="steps between the checkpoints --points chooses from")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "sft"])
     ap.add_argument("--seed", type=int, default=0, help="trainer.seed (initial weights, data order)")
     ap.add_argument("--eval-only", default=None, help="judge this trained run instead of training one")

@@ -1,5 +1,5 @@
 """scripts/sweep_generator.py: variants trained for minutes side by side, each on its own core, with the held-out
-loss curve and the judge's figures; a bad variant is a one-line error."""
+loss curve and the judge's figures, at the end and at points along the way; a bad variant is a one-line error."""
 
 import json
 import subprocess
@@ -21,7 +21,8 @@ def sweep(tmp_path, *args):
 
 def test_two_variants_side_by_side_report_their_curves_and_accuracy(tmp_path, token_dir):
     proc = sweep(tmp_path, "--tokens", str(token_dir), "--val-tokens", str(token_dir), "--val-every", "2",
-                 "--minutes", "0.08", "--per-kind", "1", "--n", "1", "--variant", "a",
+                 "--minutes", "0.08", "--per-kind", "1", "--n", "1", "--points", "0.05", "--ckpt-every", "2",
+                 "--variant", "a",
                  "--variant", "b:trainer.optimizer=muon,trainer.muon_lr=0.01", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines()]
@@ -35,6 +36,10 @@ def test_two_variants_side_by_side_report_their_curves_and_accuracy(tmp_path, to
         assert minutes == sorted(minutes) and minutes[-1] <= 0.08 + 0.05
         assert r["n"] == 4 and set(r["per_kind"]) == {"single", "count", "relation", "text"}
         assert (Path(r["run"]) / "metrics.jsonl").exists()
+        (point,) = r["points"]  # the last checkpoint saved by minute 0.05, judged
+        assert point["minute"] <= 0.05 and 0 < point["step"] < r["steps"] and point["step"] % 2 == 0
+        assert set(point["per_kind"]) == set(r["per_kind"])
+        assert (Path(r["run"]) / "checkpoints" / f"step-{point['step']:07d}").is_dir()
 
 
 @pytest.mark.parametrize("args,needle", [(["--variant", "a/b"], "NAME"), (["--variant", "a"], "--tokens")])
