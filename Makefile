@@ -40,7 +40,7 @@ gpu-check: install  ## every CUDA path in one table (scripts/gpu_check.sh; about
 demo: install  ## every stage on the synthetic set, then the accuracy table per stage (about 30 min)
 	$(ARIMG) recipe demo data=$(DEMO) runs=$(RUNS) synth=$(SYNTH) precision=$(PRECISION)
 
-train-default: install  ## the bundled default model's recipe (about 380 min on 2 cores; rerun to continue)
+train-default: install  ## the bundled default model's recipe (its stages sized for 150 min on 2 cores; rerun to continue)
 	$(ARIMG) recipe default precision=$(PRECISION)
 
 bench: install  ## every scripts/bench_*.py (installs the bench-only extra: transformers)
