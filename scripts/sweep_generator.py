@@ -79,10 +79,10 @@ def at_points(args, run: str, timed: dict[int, float]) -> list[tuple[float, Path
     """For each of args.points (minutes): the run's last checkpoint saved by then, and its minute."""
     steps = sorted(timed)
     saved = sorted((int(p.name.split("-")[1]), p) for p in (Path(run) / "checkpoints").glob("step-*"))
+    minutes = [(float(np.interp(s, steps, [timed[k] for k in steps])) / 60, p) for s, p in saved]
     chosen = []
     for point in args.points:
-        by_then = [(float(np.interp(s, steps, [timed[k] for k in steps])) / 60, p) for s, p in saved]
-        by_then = [(m, p) for m, p in by_then if m <= point]
+        by_then = [(m, p) for m, p in minutes if m <= point]
         if not by_then:
             raise UserError(f"--points: no checkpoint by minute {point:g}; lower --ckpt-every")
         chosen.append(by_then[-1])
