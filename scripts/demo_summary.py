@@ -12,11 +12,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-# the models judged, in pipeline order (pretrain-more, pretrain-more2: the further pretrain phases of the
-# default recipe; dpo2: its second preference round; final: the last model exported with the decoder trained
-# alone or post-trained, its decoder and post stages); the optional ones are listed only where they ran
-STAGES = ("pretrain", "pretrain-more", "pretrain-more2", "sft", "dpo", "dpo2", "final")
-OPTIONAL = {"pretrain-more", "pretrain-more2", "dpo2", "final"}
+# the models judged, in pipeline order (dpo2: the default recipe's second preference round; final: the last
+# model exported with the decoder trained alone and post-trained, its decoder and post stages); the optional
+# ones are listed only where they ran
+STAGES = ("pretrain", "sft", "dpo", "dpo2", "final")
+OPTIONAL = {"dpo2", "final"}
 KINDS = ("single", "count", "relation", "text")
 
 
