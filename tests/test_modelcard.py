@@ -43,6 +43,23 @@ def test_an_exported_model_samples_the_same_bytes_anywhere(run_cli, tiny_lm, exp
     assert not (moved / "tokenizer" / "state.pt").exists() and not (moved / "tokenizer" / "disc.safetensors").exists()
 
 
+def test_a_run_given_minutes_lists_them_instead_of_its_max_steps(tiny_lm, tmp_path):
+    """The lineage of a run sized by trainer.max_minutes gives its minutes and no max_steps (the clock ended it);
+    a run given steps keeps its max_steps and lists no minutes."""
+    import yaml
+
+    ckpt = modelcard.checkpoint.resolve(tiny_lm, "transformer")
+    steps = modelcard.lineage(ckpt)[0]
+    assert steps["max_steps"] is not None and "max_minutes" not in steps
+    timed = tmp_path / "timed"
+    shutil.copytree(ckpt, timed)
+    cfg = yaml.safe_load((timed / "config.yaml").read_text())
+    cfg["trainer"]["max_minutes"] = 55.0
+    (timed / "config.yaml").write_text(yaml.safe_dump(cfg))
+    stage = modelcard.lineage(timed)[0]
+    assert stage["max_minutes"] == 55.0 and stage["max_steps"] is None and stage["step"] == steps["step"]
+
+
 def test_info_of_a_run_and_of_an_export(run_cli, tiny_lm, exported):
     model, vocab, cfg = load_model(tiny_lm, "cpu")
     n_params = sum(t.numel() for t in model.state_dict().values())

@@ -93,7 +93,9 @@ def _stage(ckpt: Path) -> dict:
     out: dict[str, Any] = {"kind": meta.get("kind"), "step": meta.get("step"), "path": str(ckpt),
                            "parameters": _parameters(ckpt)}
     trainer = cfg.get("trainer") or {}
-    out["max_steps"] = trainer.get("max_steps")
+    # a run given minutes (trainer.max_minutes) ends on the clock: its max_steps was never the length
+    out["max_minutes"] = trainer.get("max_minutes")
+    out["max_steps"] = None if out["max_minutes"] else trainer.get("max_steps")
     out["data"] = (cfg.get("data") or {}).get("shards")
     if meta.get("kind") == "transformer":
         out["stage"] = cfg.get("stage")
@@ -186,7 +188,8 @@ def lineage(ckpt: Path) -> list[dict]:
     while ckpt is not None and ckpt.resolve() not in seen:
         seen.add(ckpt.resolve())
         stage = _stage(ckpt)
-        stages.append({k: stage[k] for k in ("stage", "step", "max_steps", "data", "path")})
+        stages.append({k: stage[k] for k in ("stage", "step", "max_steps", "max_minutes", "data", "path")
+                       if k != "max_minutes" or stage[k]})
         try:
             ckpt = checkpoint.resolve(_init_of(ckpt, stage["init_from"]), "transformer") if stage.get("init_from") \
                 else None
