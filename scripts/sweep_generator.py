@@ -79,7 +79,8 @@ def at_points(args, run: str, timed: dict[int, float]) -> list[tuple[float, Path
     """For each of args.points (minutes): the run's last checkpoint saved by then, and its minute."""
     steps = sorted(timed)
     saved = sorted((int(p.name.split("-")[1]), p) for p in (Path(run) / "checkpoints").glob("step-*"))
-    minutes = [(float(np.interp(s, steps, [timed[k] for k in steps])) / 60, p) for s, p in saved]
+    at = np.interp([s for s, _ in saved], steps, [timed[k] for k in steps]) / 60  # each checkpoint's minute
+    minutes = [(float(m), p) for m, (_, p) in zip(at, saved)]
     chosen = []
     for point in args.points:
         by_then = [(m, p) for m, p in minutes if m <= point]

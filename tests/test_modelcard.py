@@ -48,7 +48,9 @@ def test_a_run_given_minutes_lists_them_instead_of_its_max_steps(tiny_lm, tmp_pa
     a run given steps keeps its max_steps and lists no minutes."""
     import yaml
 
-    ckpt = modelcard.checkpoint.resolve(tiny_lm, "transformer")
+    from arlm import checkpoint
+
+    ckpt = checkpoint.resolve(tiny_lm, "transformer")
     steps = modelcard.lineage(ckpt)[0]
     assert steps["max_steps"] is not None and "max_minutes" not in steps
     timed = tmp_path / "timed"

@@ -94,8 +94,9 @@ def _stage(ckpt: Path) -> dict:
                            "parameters": _parameters(ckpt)}
     trainer = cfg.get("trainer") or {}
     # a run given minutes (trainer.max_minutes) ends on the clock: its max_steps was never the length
-    out["max_minutes"] = trainer.get("max_minutes")
-    out["max_steps"] = None if out["max_minutes"] else trainer.get("max_steps")
+    out["max_steps"] = None if trainer.get("max_minutes") else trainer.get("max_steps")
+    if trainer.get("max_minutes"):
+        out["max_minutes"] = trainer["max_minutes"]
     out["data"] = (cfg.get("data") or {}).get("shards")
     if meta.get("kind") == "transformer":
         out["stage"] = cfg.get("stage")
@@ -189,7 +190,7 @@ def lineage(ckpt: Path) -> list[dict]:
         seen.add(ckpt.resolve())
         stage = _stage(ckpt)
         stages.append({k: stage[k] for k in ("stage", "step", "max_steps", "max_minutes", "data", "path")
-                       if k != "max_minutes" or stage[k]})
+                       if k in stage})
         try:
             ckpt = checkpoint.resolve(_init_of(ckpt, stage["init_from"]), "transformer") if stage.get("init_from") \
                 else None
