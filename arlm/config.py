@@ -130,8 +130,8 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """The decoder-only transformer (arlm.transformer.model). Presets in conf/model/: tiny (tests), small (the
-    CPU demo), and b, l, xl with LlamaGen's GPT-B/L/XL shapes (layers, width, heads)."""
+    """The decoder-only transformer (arlm.transformer.model). Presets in conf/model/: tiny (tests), mini (the
+    CPU demo), small (the bundled model), and b, l, xl with LlamaGen's GPT-B/L/XL shapes (layers, width, heads)."""
 
     dim: int = 512
     n_layers: int = 8
