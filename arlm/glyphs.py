@@ -38,7 +38,7 @@ from arlm.synth import draw_word
 BLUR = 0.7  # px: a stroke a pixel off still overlaps
 MIN_MATCH = 0.3  # correlation of the expected word's drawing with the ink below which the read is empty
 ACCEPT = 0.95  # the share of the ink's energy a read of the expected word explains, to be taken without tesseract
-LEAD = 0.05  # ... and the lead, in that share, another read needs over the expected word
+LEAD = 0.12  # ... and the lead, in that share, another read needs over the expected word
 SHIFT = 3  # px: the expected word is laid on the ink at offsets up to this far
 SIZES = 1  # px: the cap heights tried either side of the ink's
 ROWS = 0  # px: vertical offsets tried either side of the one the ink gives
