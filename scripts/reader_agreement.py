@@ -44,7 +44,7 @@ def agreement(items: list, label: str) -> dict:
         with mock.patch("arlm.judge.glyphs.read_word", counted):
             verdicts[reader] = [judge(image, caption, cfg).ok for image, caption in items]
         ms[reader] = round(1000 * (time.perf_counter() - t0) / max(1, len(items)), 1)
-    a, b = np.array(verdicts["tesseract"]), np.array(verdicts["glyphs"])
+    a, b = (np.array(verdicts[r], dtype=bool) for r in ("tesseract", "glyphs"))
     row = {"set": label, "images": len(items), "accepted_tesseract": int(a.sum()), "accepted_glyphs": int(b.sum()),
            "agreement": round(float((a == b).mean()), 4) if len(items) else None,
            "glyphs_only": int((b & ~a).sum()), "tesseract_only": int((a & ~b).sum()),
