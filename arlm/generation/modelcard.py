@@ -94,9 +94,10 @@ def _stage(ckpt: Path) -> dict:
                            "parameters": _parameters(ckpt)}
     trainer = cfg.get("trainer") or {}
     # a run given minutes (trainer.max_minutes) ends on the clock: its max_steps was never the length
-    out["max_steps"] = None if trainer.get("max_minutes") else trainer.get("max_steps")
-    if trainer.get("max_minutes"):
-        out["max_minutes"] = trainer["max_minutes"]
+    minutes = trainer.get("max_minutes")
+    out["max_steps"] = None if minutes else trainer.get("max_steps")
+    if minutes:
+        out["max_minutes"] = minutes
     out["data"] = (cfg.get("data") or {}).get("shards")
     if meta.get("kind") == "transformer":
         out["stage"] = cfg.get("stage")
