@@ -92,6 +92,9 @@ class TokenizerLossConfig:
     # decoder_only: this share of the tokens is replaced by random codes before decoding, the target staying the
     # clean image, so that the decoder learns to paint over a stray token of the sampler
     token_noise: float = 0.0
+    # tokenizer.caption=decoder: this share of the images is decoded with the null caption, so that the decoder
+    # still draws an image that has none
+    caption_dropout: float = 0.1
 
 
 @dataclass
@@ -113,6 +116,14 @@ class TokenizerConfig:
     # depend on every token of the image (0: none, the decoder of before); heads per block
     decoder_attn: int = 0
     decoder_heads: int = 4
+    # none | decoder: the decoder also reads the image's caption (its UTF-8 bytes, through a small transformer of
+    # caption_layers blocks of width caption_dim) by cross-attention at every level; captions longer than
+    # caption_len bytes are cut. An image without a caption decodes with the null caption
+    caption: str = "none"
+    caption_dim: int = 64
+    caption_layers: int = 2
+    caption_heads: int = 4
+    caption_len: int = 96
     norm: str = "group"  # group | none
     mid_attn: bool = False  # self-attention at the lowest resolution
     stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size

@@ -14,9 +14,11 @@ Sizes are (H, W) throughout; the record's "size" is [H, W] and "bbox" is [x0, y0
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -195,8 +197,31 @@ class Sample:
         return self.record["caption"]
 
 
-def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS) -> tuple[Image.Image, dict]:
-    """One image and its attribute record, a pure function of (seed, size, kinds)."""
+def word_list(spec: str | None, exclude: str | None = None) -> tuple[str, ...] | None:
+    """The words a set draws from: `spec` (a file of words, or a comma-separated list; None: the shipped list)
+    less `exclude` (the same forms), or None for the shipped list unchanged. Words are 2 to 6 capitals A-Z."""
+    def read(text: str) -> list[str]:
+        path = Path(text)
+        items = path.read_text().split() if path.is_file() else [w.strip() for w in text.split(",") if w.strip()]
+        bad = [w for w in items if not re.fullmatch(r"[A-Z]{2,6}", w)]
+        if bad:
+            raise UserError(f"words must be 2 to 6 capital letters A-Z, got {bad[0]!r}")
+        return items
+
+    if spec is None and exclude is None:
+        return None
+    chosen = read(spec) if spec is not None else list(words())
+    dropped = set(read(exclude)) if exclude is not None else set()
+    kept = tuple(dict.fromkeys(w for w in chosen if w not in dropped))
+    if not kept:
+        raise UserError("no words left to draw from (--words less --exclude-words is empty)")
+    return kept
+
+
+def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS,
+                vocabulary: Sequence[str] | None = None) -> tuple[Image.Image, dict]:
+    """One image and its attribute record, a pure function of (seed, size, kinds, vocabulary): the text kind
+    draws its word from `vocabulary` (None: the shipped list)."""
     h, w = size
     rng = np.random.default_rng(seed)
     kind = kinds[int(rng.integers(len(kinds)))]
@@ -211,7 +236,7 @@ def make_sample(seed: int, size: tuple[int, int], kinds: Sequence[str] = KINDS) 
 
     objects, relation, word = [], None, None
     if kind == "text":
-        word, color = pick(words()), pick(colors)
+        word, color = pick(vocabulary or words()), pick(colors)
         draw_word(draw, word, h, w, COLORS[color])
         caption = f'the word "{word}" in {color}'
     else:
@@ -260,9 +285,10 @@ def check_kinds(kinds: Sequence[str]) -> None:
         raise UserError(f"kinds must be a non-empty subset of {','.join(KINDS)}, got {','.join(kinds) or 'nothing'}")
 
 
-def generate(n: int, size: tuple[int, int], seed: int = 0, kinds: Sequence[str] = KINDS, start: int = 0) -> Iterator[Sample]:
-    """Samples start..start+n-1 of the set named by (seed, size, kinds)."""
+def generate(n: int, size: tuple[int, int], seed: int = 0, kinds: Sequence[str] = KINDS, start: int = 0,
+             vocabulary: Sequence[str] | None = None) -> Iterator[Sample]:
+    """Samples start..start+n-1 of the set named by (seed, size, kinds, vocabulary)."""
     check_kinds(kinds)
     for i in range(start, start + n):
-        img, record = make_sample(sample_seed(seed, i), size, tuple(kinds))
+        img, record = make_sample(sample_seed(seed, i), size, tuple(kinds), vocabulary)
         yield Sample(key=f"{i:08d}", image=img, record=record)

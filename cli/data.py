@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -18,6 +19,10 @@ def synth_cmd(
     size: str = typer.Option("64", help="Image size: N (square) or HxW, e.g. 64x128."),
     seed: int = typer.Option(0, help="The same seed gives the same bytes."),
     kinds: str = typer.Option("single,count,relation,text", help="Comma-separated subset of these kinds."),
+    words: Optional[str] = typer.Option(None, "--words", help="The words of the text kind: a file of words or a "
+                                        "comma-separated list (default: the shipped list)."),
+    exclude_words: Optional[str] = typer.Option(None, "--exclude-words", help="Words (file or list) the text kind "
+                                                "never draws: a held-out set."),
     shard_size: int = typer.Option(1000, help="Samples per shard."),
     out: Path = typer.Option(Path("data/synth"), help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace shards already in the output folder."),
@@ -27,7 +32,9 @@ def synth_cmd(
     from arlm.data.writers import write_synth
 
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    for path in write_synth(out, n, synth.parse_size(size), seed, kind_list, shard_size, overwrite):
+    vocabulary = synth.word_list(words, exclude_words)
+    for path in write_synth(out, n, synth.parse_size(size), seed, kind_list, shard_size, overwrite,
+                            vocabulary=vocabulary):
         emit_path(path)
 
 

@@ -53,6 +53,8 @@ def tokenizer_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="Judge the reconstructions against the captions."),
     jpeg: bool = typer.Option(True, "--jpeg/--no-jpeg", help="Measure the JPEG baseline at the same rate."),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="A caption-aware tokenizer decodes with "
+                                  "each image's caption, or (--no-captions) with the null caption."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Reconstruction quality (PSNR, SSIM, judge), codebook usage and perplexity, bits per pixel, and JPEG
@@ -60,4 +62,5 @@ def tokenizer_cmd(
     from arlm.tokenizer.codec import load_tokenizer
     from arlm.tokenizer.evaluate import eval_tokenizer
 
-    emit(eval_tokenizer(load_tokenizer(tokenizer, device), shards, size, limit, judge=judge, jpeg=jpeg))
+    emit(eval_tokenizer(load_tokenizer(tokenizer, device), shards, size, limit, judge=judge, jpeg=jpeg,
+                        captions=captions))

@@ -51,14 +51,17 @@ def tokenize_cmd(
 def detokenize_cmd(
     tokenizer: str = _tokenizer_option(),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="The caption every grid is drawn with by a "
+                                          "caption-aware tokenizer (default: each line's 'caption' field, if any)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
 ) -> None:
     """Read `arimg tokenize` lines from stdin, write one PNG per line, print the paths. A bad line (not JSON,
-    ids out of range) is reported on stderr and skipped; the exit code is 1 if any failed."""
+    ids out of range, a caption that is not text or too long) is reported on stderr and skipped; the exit code
+    is 1 if any failed."""
     from arlm.tokenizer.codec import detokenize, load_tokenizer
 
     tok = load_tokenizer(tokenizer, device)
-    report(detokenize(tok, sys.stdin, out), emit_path)
+    report(detokenize(tok, sys.stdin, out, caption), emit_path)
 
 
 def pretokenize_cmd(

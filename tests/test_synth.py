@@ -102,3 +102,25 @@ def test_kinds_subset():
     assert {s.record["kind"] for s in synth.generate(40, (32, 32), kinds=("count", "text"))} == {"count", "text"}
     with pytest.raises(UserError):
         list(synth.generate(1, (32, 32), kinds=("sphere",)))
+
+
+def test_a_word_list_and_words_held_out(tmp_path, run_cli):
+    held = synth.words()[::10]
+    (tmp_path / "held.txt").write_text("\n".join(held) + "\n")
+    kept = synth.word_list(None, str(tmp_path / "held.txt"))
+    assert set(kept) == set(synth.words()) - set(held) and synth.word_list(None) is None
+    drawn = {s.record["word"] for s in synth.generate(300, (32, 32), kinds=("text",), vocabulary=kept)}
+    assert drawn and not drawn & set(held)
+    only = {s.record["word"] for s in synth.generate(40, (32, 32), kinds=("text",), vocabulary=synth.word_list("UP,OF"))}
+    assert only == {"UP", "OF"}
+    # the other kinds are drawn as before: a word list changes the text kind's words alone
+    a = [s.record for s in synth.generate(20, (32, 32), kinds=("single", "count"))]
+    assert a == [s.record for s in synth.generate(20, (32, 32), kinds=("single", "count"), vocabulary=("UP",))]
+    for bad, why in (("cat", "capital"), ("ABCDEFG", "capital"), ("UP", "no words left")):
+        with pytest.raises(UserError, match=why):
+            synth.word_list(bad, "UP" if why == "no words left" else None)
+    code, out, err = run_cli("data", "synth", "--n", "30", "--kinds", "text", "--words", "UP,OF", "--size", "32",
+                             "--out", tmp_path / "set")
+    assert code == 0, err
+    code, out, err = run_cli("data", "synth", "--n", "3", "--words", "up", "--out", tmp_path / "bad")
+    assert code == 1 and "capital" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

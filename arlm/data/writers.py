@@ -49,23 +49,27 @@ def _write_all(writer: ShardWriter, samples: Iterator[tuple[str, dict[str, bytes
              len(writer.written), writer.out_dir, elapsed, writer.total / max(elapsed, 1e-9))
 
 
-def _synth_files(job: tuple[int, int, tuple[int, int], tuple[str, ...]]) -> tuple[str, dict[str, bytes]]:
-    index, seed, size, kinds = job
-    s = next(synth.generate(1, size, seed, kinds, start=index))
+def _synth_files(job: tuple[int, int, tuple[int, int], tuple[str, ...], tuple[str, ...] | None]
+                 ) -> tuple[str, dict[str, bytes]]:
+    index, seed, size, kinds, vocabulary = job
+    s = next(synth.generate(1, size, seed, kinds, start=index, vocabulary=vocabulary))
     return s.key, {"png": encode_png(s.image), "txt": s.caption.encode(), "json": json.dumps(s.record).encode()}
 
 
 def write_synth(out: str | Path, n: int, size: tuple[int, int], seed: int = 0, kinds: Sequence[str] = synth.KINDS,
-                shard_size: int = 1000, overwrite: bool = False, workers: int | None = None) -> Iterator[Path]:
+                shard_size: int = 1000, overwrite: bool = False, workers: int | None = None,
+                vocabulary: Sequence[str] | None = None) -> Iterator[Path]:
     """The synthetic set as shards. Samples are drawn and encoded in `workers` processes (default: one per
-    core); each is a pure function of (seed, index), so the bytes do not depend on the worker count."""
+    core); each is a pure function of (seed, index), so the bytes do not depend on the worker count. The text
+    kind draws from `vocabulary` (None: the shipped word list)."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     kinds = tuple(kinds)
     synth.check_kinds(kinds)
     with lock.hold(out):
         old = prepare_out_dir(out, overwrite=overwrite)
-        jobs = ((i, seed, size, kinds) for i in range(n))
+        vocabulary = tuple(vocabulary) if vocabulary is not None else None
+        jobs = ((i, seed, size, kinds, vocabulary) for i in range(n))
         workers = workers or os.cpu_count() or 1
         if workers == 1 or n < 256:
             yield from _write_all(ShardWriter(out, shard_size), map(_synth_files, jobs), old, n, "synth")

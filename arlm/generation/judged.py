@@ -53,9 +53,10 @@ def decode_and_judge(judged: list[Judged], tokenizer=None, judge_cfg: JudgeConfi
     place; the items back. Sampled codes and a data set's own encoded images take this one path."""
     if tokenizer is not None:
         # one image at a time: a convolution's rounding depends on the batch it runs in (a pixel may move by 1),
-        # and an image must not depend on what it was drawn beside (--batch-size)
+        # and an image must not depend on what it was drawn beside (--batch-size). A caption-aware tokenizer
+        # draws each image with its prompt
         for j in judged:
-            j.image = Image.fromarray(tokenizer.decode(j.codes[None])[0].permute(1, 2, 0).numpy())
+            j.image = Image.fromarray(tokenizer.decode(j.codes[None], [j.prompt])[0].permute(1, 2, 0).numpy())
     if judge_cfg is not None:
         for j, v in zip(judged, judge_many(((j.image, j.prompt) for j in judged), judge_cfg)):
             j.verdict = v

@@ -3,7 +3,8 @@
 - `load_tokenizer(RUN)`: the model of a run or checkpoint directory (its EMA weights when the run kept
   them), built from the config stored in the checkpoint.
 - `tokenize`: one JSON object per image, `{"path", "h", "w", "tokens": [[row], ...]}`.
-- `detokenize`: those objects back to PNG files.
+- `detokenize`: those objects back to PNG files; a caption-aware tokenizer reads each line's `caption` (or one
+  given for all), another ignores it.
 - `pretokenize`: image shards to token shards, LlamaGen's extract-codes step: per sample `KEY.npy` (the
   (h, w) grid as int16 when the codebook fits, else int32), `KEY.txt` (caption) and `KEY.json` (the image's
   record plus `grid` and `tokenizer`), so that training the transformer never decodes an image again. The
@@ -21,7 +22,7 @@ import io
 import json
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,15 @@ class Loaded:
         """One RGB picture -> its token ids (H/f, W/f) on the CPU."""
         return self.encode(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None])[0]
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """token ids (B, h, w) -> uint8 (B, 3, h*f, w*f) on the CPU."""
+    @property
+    def reads_captions(self) -> bool:
+        return self.model.cfg.caption != "none"
+
+    def decode(self, tokens: torch.Tensor, captions: Sequence[str | None] | None = None) -> torch.Tensor:
+        """token ids (B, h, w) -> uint8 (B, 3, h*f, w*f) on the CPU; `captions` (one per grid, None: the null
+        caption) are read by a caption-aware tokenizer and ignored by another."""
         with autocast(self.device, self.precision):
-            return from_unit(self.model.decode(tokens.to(self.device))).cpu()
+            return from_unit(self.model.decode(tokens.to(self.device), captions)).cpu()
 
 
 def load_tokenizer(path: str | Path, device: str = "auto", precision: str = "fp32", ema: bool = True) -> Loaded:
@@ -126,17 +132,40 @@ def parse_grid(line: str, codebook_size: int) -> torch.Tensor:
     return grid
 
 
-def detokenize(tok: Loaded, lines: Iterable[str], out_dir: str | Path) -> Iterator[Path | UserError]:
+def line_caption(line: str, caption: str | None, max_len: int | None) -> str | None:
+    """The caption to decode a line with: `caption` when given, else the line's `caption` field (a string), else
+    None; a UserError for one that is not text, has no UTF-8 form or is longer than `max_len` bytes (None: any)."""
+    if caption is None:
+        caption = json.loads(line).get("caption")
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        raise UserError(f"'caption' must be a string, got {type(caption).__name__}")
+    try:
+        size = len(caption.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise UserError(f"the caption is not valid UTF-8 text ({e.reason} at character {e.start})") from None
+    if max_len is not None and size > max_len:
+        raise UserError(f"the caption has {size} bytes; this tokenizer reads at most {max_len} "
+                        f"(tokenizer.caption_len)")
+    return caption
+
+
+def detokenize(tok: Loaded, lines: Iterable[str], out_dir: str | Path, caption: str | None = None
+               ) -> Iterator[Path | UserError]:
     """Per input line: the PNG written, or the UserError that stopped it. Files are numbered in input
-    order; the stem of a line's `path` (sanitised) is appended when present."""
+    order; the stem of a line's `path` (sanitised) is appended when present. A caption-aware tokenizer draws
+    each grid with `caption`, else with the line's `caption` field, else with the null caption."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    max_len = tok.model.cfg.caption_len if tok.reads_captions else None
     for n, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             grid = parse_grid(line, tok.model.codebook_size)
-            image = tok.decode(grid.unsqueeze(0))[0].permute(1, 2, 0).numpy()
+            text = line_caption(line, caption, max_len)
+            image = tok.decode(grid.unsqueeze(0), [text])[0].permute(1, 2, 0).numpy()
             src = json.loads(line).get("path")
             name = f"{n:06d}" + (f"-{_safe_stem(src)}" if isinstance(src, str) and src else "") + ".png"
             path = out / name

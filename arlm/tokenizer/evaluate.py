@@ -6,6 +6,9 @@ codebook usage and perplexity over all tokens of the set, bits per pixel (tokens
 judge's accuracy on the reconstructions against the images' captions (do words still read, do colours and
 shapes survive), and the baseline measured in the same run: each image encoded with Pillow's JPEG at the
 quality whose file size is closest to the tokenizer's rate, its PSNR/SSIM beside ours.
+
+A caption-aware tokenizer decodes each image with its caption, or with `captions=False` with the null caption
+(what it draws for an image that has none; the judge still reads against the real caption).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ def _mean(values: list[float]) -> float:
 
 
 def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None = None, batch_size: int = 50,
-                   judge: bool = True, jpeg: bool = True, judge_cfg: JudgeConfig = JudgeConfig()) -> dict:
+                   judge: bool = True, jpeg: bool = True, judge_cfg: JudgeConfig = JudgeConfig(),
+                   captions: bool = True) -> dict:
+    use_captions = captions
     h, w = parse_size(size)
     if h % tok.model.stride or w % tok.model.stride:
         raise UserError(f"--size {size} is not a multiple of the tokenizer's stride {tok.model.stride}")
@@ -52,7 +57,7 @@ def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None
             if limit is not None:
                 images, captions = images[: limit - n], captions[: limit - n]
             tokens = tok.encode(images)  # (B, gh, gw)
-            out = tok.decode(tokens)  # (B, 3, H, W) uint8
+            out = tok.decode(tokens, list(captions) if use_captions else None)  # (B, 3, H, W) uint8
             counts += torch.bincount(tokens.flatten(), minlength=tok.model.codebook_size)
             ours_psnr += psnr(images, out).clamp(max=PSNR_CAP).tolist()
             ours_ssim += ssim(images, out).tolist()
@@ -80,7 +85,8 @@ def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None
         "codebook_size": tok.model.codebook_size, "tokens": int(counts.sum()),
         "psnr": _mean(ours_psnr), "ssim": _mean(ours_ssim),
         "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(-(p * p.log()).sum())),
-        "bpp": rate,
+        "bpp": rate, "captions": "read" if tok.reads_captions and use_captions else
+        ("withheld" if tok.reads_captions else "not read"),
     }
     if jpeg:
         report["jpeg"] = {"psnr": _mean(jpeg_psnr), "ssim": _mean(jpeg_ssim), "bpp": _mean(jpeg_bpp),

@@ -16,7 +16,7 @@ z (B, d, H/f, W/f), indices (B, H/f, W/f).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch import nn
 from arlm.config import TokenizerConfig
 from arlm.errors import ConfigError
 from arlm.quantizers import FSQ, LFQ, VectorQuantizer
+from arlm.tokenizer.caption import CaptionReader
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Tokens' vectors (B, d, h, w) -> image. With `caption=decoder` it also reads the caption
+    (arlm.tokenizer.caption): a cross-attention after the middle block and after each level's residual
+    blocks, in `caption.*` (so that the other keys are those of a decoder without it)."""
+
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
         chs = [(cfg.decoder_channels or cfg.channels) * m for m in cfg.channel_mult][::-1]
@@ -161,10 +166,14 @@ class Decoder(nn.Module):
         self.context = GridContext(ch, cfg.decoder_attn, cfg.decoder_heads) if cfg.decoder_attn else nn.Identity()
         self.mid = _mid(ch, cfg)
         layers: list[nn.Module] = []
+        self.read_after: dict[int, int] = {}  # index in `up` -> the cross-attention that follows it
+        widths = [ch]  # the middle block's
         for i, ch_out in enumerate(chs):
             for _ in range(cfg.decoder_res_blocks or cfg.num_res_blocks):
                 layers.append(ResBlock(ch, ch_out, cfg.norm))
                 ch = ch_out
+            self.read_after[len(layers) - 1] = len(widths)
+            widths.append(ch)
             if i < len(chs) - 1 - int(cfg.stem_patch):
                 layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
         self.up = nn.Sequential(*layers)
@@ -172,9 +181,24 @@ class Decoder(nn.Module):
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 12, 3, padding=1), nn.PixelShuffle(2))
         else:
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+        self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads, cfg.caption_len) \
+            if cfg.caption == "decoder" else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(self.up(self.mid(self.context(self.inp(z)))))  # (B, 3, H, W)
+    def forward(self, z: torch.Tensor, captions: Sequence[str | None] | None = None) -> torch.Tensor:
+        """z (B, d, h, w) -> (B, 3, H, W); `captions` (B strings, None or "" for the null caption) are read by
+        a caption-aware decoder and ignored by another; None: the null caption for every image."""
+        h = self.mid(self.context(self.inp(z)))
+        if self.caption is None:
+            return self.out(self.up(h))
+        states, mask = self.caption.read(captions, len(z), z.device)
+        states = states.to(h.dtype)
+        read = lambda x, i: self.caption.attn[i](x, states, mask, grid_positions(*x.shape[-2:], x.shape[1], x.device))  # noqa: E731
+        h = read(h, 0)
+        for j, layer in enumerate(self.up):
+            h = layer(h)
+            if j in self.read_after:
+                h = read(h, self.read_after[j])
+        return self.out(h)
 
 
 def build_quantizer(cfg: TokenizerConfig) -> nn.Module:
@@ -208,6 +232,18 @@ def check_config(cfg: TokenizerConfig) -> None:
                           f"width ({width})")
     if cfg.norm not in ("group", "none"):
         raise ConfigError(f"tokenizer.norm must be group or none, got {cfg.norm!r}")
+    if cfg.caption not in ("none", "decoder"):
+        raise ConfigError(f"tokenizer.caption must be none or decoder, got {cfg.caption!r}")
+    if cfg.caption != "none":
+        if cfg.caption_dim < 1 or cfg.caption_layers < 0 or cfg.caption_heads < 1 or cfg.caption_len < 1:
+            raise ConfigError(f"tokenizer.caption_dim, caption_heads and caption_len must be at least 1 and "
+                              f"caption_layers at least 0; got {cfg.caption_dim}, {cfg.caption_heads}, "
+                              f"{cfg.caption_len} and {cfg.caption_layers}")
+        narrowest = min(cfg.decoder_channels or cfg.channels, cfg.caption_dim)
+        if any(((cfg.decoder_channels or cfg.channels) * m) % cfg.caption_heads for m in cfg.channel_mult) or \
+                cfg.caption_dim % cfg.caption_heads or narrowest < cfg.caption_heads:
+            raise ConfigError(f"tokenizer.caption_heads ({cfg.caption_heads}) must divide tokenizer.caption_dim "
+                              f"({cfg.caption_dim}) and every width of the decoder")
 
 
 class Tokenizer(nn.Module):
@@ -228,12 +264,13 @@ class Tokenizer(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the tokenizer's stride {self.stride}")
         return h // self.stride, w // self.stride
 
-    def forward(self, x: torch.Tensor, token_noise: float = 0.0, draw: Callable[[torch.Tensor], torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, token_noise: float = 0.0, draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                captions: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """x (B, 3, H, W) in [-1, 1] -> (reconstruction, indices (B, h, w), quantizer losses). What the decoder
         sees may differ from the indices (no gradient reaches the encoder through such tokens: for a decoder
         trained alone): `token_noise`, that share of the tokens replaced by random codes; `draw`, a function of
-        the indices giving the codes to decode instead (a transformer's teacher-forced draws)."""
+        the indices giving the codes to decode instead (a transformer's teacher-forced draws). `captions`: what
+        a caption-aware decoder reads (None: the null caption)."""
         self.grid(*x.shape[-2:])
         quantized, indices, losses = self.quantizer(self.encoder(x))
         seen = indices
@@ -247,7 +284,7 @@ class Tokenizer(nn.Module):
             quantized = torch.where(swap, self.quantizer.decode(seen).to(quantized.dtype), quantized)
         # one memory layout on both paths: a convolution may pick another kernel for another layout, and then
         # decode(indices) would differ from the reconstruction in the last bits
-        return self.decoder(quantized.contiguous()), indices, losses
+        return self.decoder(quantized.contiguous(), captions), indices, losses
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,9 +293,9 @@ class Tokenizer(nn.Module):
         return self.quantizer(self.encoder(x))[1]
 
     @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
+    def decode(self, indices: torch.Tensor, captions: Sequence[str | None] | None = None) -> torch.Tensor:
+        """indices (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]; `captions` as in `forward`."""
         if indices.min() < 0 or indices.max() >= self.codebook_size:
             raise ValueError(f"token ids must lie in [0, {self.codebook_size - 1}], got "
                              f"{int(indices.min())}..{int(indices.max())}")
-        return self.decoder(self.quantizer.decode(indices).contiguous())
+        return self.decoder(self.quantizer.decode(indices).contiguous(), captions)

@@ -98,6 +98,11 @@ def check_config(cfg: TrainTokenizerConfig) -> None:
         raise ConfigError("resample_from is for a decoder trained alone: set decoder_only=true (and init_from)")
     if not 0 < cfg.resample_share <= 1:
         raise ConfigError(f"resample_share must lie in (0, 1], got {cfg.resample_share}")
+    if not 0 <= lc.caption_dropout <= 1:
+        raise ConfigError(f"tokenizer.loss.caption_dropout must lie in [0, 1], got {lc.caption_dropout}")
+    if cfg.tokenizer.caption != "none" and cfg.data.crop_size:
+        raise ConfigError("a caption-aware decoder reads the caption of the whole image: train on whole images "
+                          "(data.crop_size=null)")
     if cfg.resample_from and cfg.data.crop_size:
         raise ConfigError("resample_from draws whole token grids after each image's caption: train on whole images "
                           "(data.crop_size=null)")
@@ -179,8 +184,8 @@ class TokenizerStage:
         # the first images of the set at full size (not crops), reconstructed in every grid
         grid = dataclasses.replace(self.cfg.data, crop_size=None, batch_size=GRID_IMAGES, shuffle_buffer=0,
                                    num_workers=0)
-        self.fixed = next(iter(ShardLoader(grid, repeat=False, rank=0, world_size=1)))["image"] if self.rank == 0 \
-            else None
+        first = next(iter(ShardLoader(grid, repeat=False, rank=0, world_size=1))) if self.rank == 0 else None
+        self.fixed = (first["image"], first["caption"]) if first else None
         train_mode(self.model, self.cfg.decoder_only)
         self.batches = iter(self.loader)
 
@@ -199,7 +204,11 @@ class TokenizerStage:
         lc, step = self.cfg.tokenizer.loss, self.step_now
         x = to_unit(micro["image"].to(self.device))  # (B, 3, H, W) in [-1, 1]
         draw = functools.partial(self.resample, micro["caption"]) if self.resample else None
-        recon, indices, qlosses = self.net(x, lc.token_noise, draw)
+        captions = None
+        if self.cfg.tokenizer.caption != "none":  # some withheld: the null caption
+            kept = (torch.rand(len(x)) >= lc.caption_dropout).tolist()
+            captions = [c if k else None for c, k in zip(micro["caption"], kept)]
+        recon, indices, qlosses = self.net(x, lc.token_noise, draw, captions)
         with torch.autocast(self.device.type, enabled=False):  # the losses in fp32
             recon = recon.float()
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
@@ -252,23 +261,25 @@ class TokenizerStage:
     def shown(self, row: dict) -> str:
         return f"loss {row['loss']:.4f}  psnr {row['psnr']:.2f}  usage {row['usage']:.0%}  {row['img_s']:.0f} img/s"
 
-    def _held_out(self) -> list[torch.Tensor] | None:
-        """The held-out images (`data.val_shards`, whole, as many as fill the batches of data.batch_size)."""
+    def _held_out(self) -> list[tuple[torch.Tensor, list[str]]] | None:
+        """The held-out images and their captions (`data.val_shards`, whole, as many as fill the batches of
+        data.batch_size)."""
         if not self.cfg.data.val_shards:
             return None
         data = dataclasses.replace(self.cfg.data, shards=self.cfg.data.val_shards, crop_size=None, shuffle_buffer=0,
                                    num_workers=0)
-        return [b["image"] for b in ShardLoader(data, repeat=False, drop_last=True, split=True)]
+        return [(b["image"], b["caption"]) for b in ShardLoader(data, repeat=False, drop_last=True, split=True)]
 
     def validate(self) -> dict[str, float]:
-        """Reconstruction loss and PSNR of the held-out images, through the quantizer (eval mode: no code moves)."""
+        """Reconstruction loss and PSNR of the held-out images, through the quantizer (eval mode: no code moves),
+        each decoded with its caption."""
         if not self.val:
             return {}
         self.model.eval()
         lc, sums = self.cfg.tokenizer.loss, torch.zeros(3, dtype=torch.float64, device=self.device)
-        for images in self.val:
+        for images, captions in self.val:
             x = to_unit(images.to(self.device))
-            recon = self.model(x)[0].float()
+            recon = self.model(x, captions=captions)[0].float()
             rec = lc.l1 * (recon - x).abs().mean() + lc.l2 * (recon - x).pow(2).mean()
             sums += torch.stack([rec * len(x), psnr(from_unit(x), from_unit(recon)).clamp(max=99).sum(),
                                  torch.tensor(float(len(x)), device=self.device)]).double()
@@ -312,14 +323,15 @@ def train_mode(model: Tokenizer, decoder_only: bool) -> None:
         model.quantizer.eval()
 
 
-DECODER_KEYS = ("decoder_channels", "decoder_res_blocks", "decoder_attn", "decoder_heads", "loss")
+DECODER_KEYS = ("decoder_channels", "decoder_res_blocks", "decoder_attn", "decoder_heads", "caption", "caption_dim",
+                "caption_layers", "caption_heads", "caption_len", "loss")
 
 
 def load_frozen(model: Tokenizer, init: Path) -> None:
     """decoder_only: the encoder and quantizer of checkpoint `init`, which must be built as this model's are
     (every tokenizer key but the decoder's own and the loss); its decoder too when the shapes match, or when
-    this decoder is that one with context blocks added (`decoder_attn`: training goes on from it, the new blocks
-    starting as the identity), else the decoder starts afresh."""
+    this decoder is that one with context blocks or a caption reader added (`decoder_attn`, `caption`: training
+    goes on from it, the new blocks starting as the identity), else the decoder starts afresh."""
     theirs = checkpoint.load_config(init, TrainTokenizerConfig).tokenizer
     for f in dataclasses.fields(TokenizerConfig):
         want, got = getattr(theirs, f.name), getattr(model.cfg, f.name)
@@ -330,28 +342,33 @@ def load_frozen(model: Tokenizer, init: Path) -> None:
     own = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
     theirs_dec = {k: v.shape for k, v in weights.items() if k.startswith("decoder.")}
     added = {k for k in own if k not in theirs_dec}
-    # the same decoder, or it with context blocks added (which start as the identity): training goes on from it
+    # the same decoder, or it with context blocks or a caption reader added (which start as the identity):
+    # training goes on from it
     kept = all(k in own and own[k].shape == shape for k, shape in theirs_dec.items()) and \
-        all(k.startswith("decoder.context.") for k in added)
+        all(k.startswith(("decoder.context.", "decoder.caption.")) for k in added)
     if kept:
         weights = {**weights, **{k: own[k] for k in added}}
     else:
         weights = {**{k: v for k, v in weights.items() if not k.startswith("decoder.")}, **own}
     checkpoint.load_into(model, weights, init)
-    how = ("from it" + (f", {len({k.split('.')[3] for k in added})} context blocks added" if added else "")) \
-        if kept else "new"
+    blocks = len({k.split('.')[3] for k in added if k.startswith("decoder.context.")})
+    extra = [f"{blocks} context blocks"] if blocks else []
+    extra += ["a caption reader"] if any(k.startswith("decoder.caption.") for k in added) else []
+    how = ("from it" + (f", {' and '.join(extra)} added" if extra else "")) if kept else "new"
     log.info("encoder and codebook from %s (frozen); decoder %s", init, how)
 
 
 @torch.no_grad()
-def write_pictures(run: Path, step: int, model: Tokenizer, fixed: torch.Tensor, metrics: Metrics,
+def write_pictures(run: Path, step: int, model: Tokenizer, fixed: tuple[torch.Tensor, list[str]], metrics: Metrics,
                    device: torch.device, precision: str) -> None:
+    """The fixed images above their reconstructions (each with its caption), and the loss plots."""
+    images, captions = fixed
     was = model.training
     model.eval()
     with autocast(device, precision):
-        out = model(to_unit(fixed.to(device)))[0]
+        out = model(to_unit(images.to(device)), captions=captions)[0]
     model.train(was)
-    recon_grid(fixed, from_unit(out).cpu()).save(run / "images" / f"recon-{step:07d}.png")
+    recon_grid(images, from_unit(out).cpu()).save(run / "images" / f"recon-{step:07d}.png")
     rows = metrics.rows()
     if rows:
         line_plot(rows, ["loss", "rec", "g", "d"], run / "loss.png", log_y=True)

@@ -1,0 +1,141 @@
+"""The caption as a caption-aware decoder reads it (`tokenizer.caption=decoder`): its UTF-8 bytes, a small
+transformer over them, and cross-attention from the decoder's feature maps to what it gives.
+
+The tokens of an image keep where things are and roughly what they look like; the caption names them, and for
+a word it names every letter. A decoder that reads the caption can spend the tokens' few bits on layout and
+take the letters' shapes from the bytes, as TexTok (Zha et al., 2024) gives its tokenizer the caption and as
+character-level text encoders (Liu et al., 2022; Glyph-ByT5, 2024) make spelling work. The text encoder reads
+bytes, not word pieces, so a word it never saw is still a sequence of letters it knows.
+
+Every caption starts with a NULL position; the empty caption is that position alone, the null caption a
+decoder falls back to for an image without one (a bare file, a real photo). A caption longer than
+`caption_len` bytes is cut to its first `caption_len` bytes (a warning says so once per process).
+
+Shapes: bytes (B, 1 + L) int64 with NULL first and PAD after the end, mask (B, 1 + L) True where a position
+is read; states (B, 1 + L, caption_dim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arlm.errors import UserError
+from arlm.log import log
+
+NULL, PAD = 256, 257  # after the 256 byte values
+_warned = False
+
+
+def caption_bytes(caption: str, max_len: int) -> bytes:
+    """A caption's UTF-8 bytes, cut to `max_len`; a UserError for text that has no UTF-8 form (a lone
+    surrogate, as a JSON escape can carry)."""
+    global _warned
+    if not isinstance(caption, str):
+        raise UserError(f"a caption must be text, got {type(caption).__name__}")
+    try:
+        data = caption.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"caption {caption[:40]!r} is not valid UTF-8 text ({e.reason} at {e.start})") from None
+    if len(data) > max_len and not _warned:
+        log.warning("a caption of %d bytes was cut to the decoder's %d (tokenizer.caption_len)", len(data), max_len)
+        _warned = True
+    return data[:max_len]
+
+
+def caption_batch(captions: Sequence[str | None], max_len: int, device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions (None or "": the null caption) -> (bytes (B, 1 + L), mask (B, 1 + L)), L the longest's length."""
+    rows = [caption_bytes(c or "", max_len) for c in captions]
+    width = 1 + max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), PAD, dtype=torch.int64)
+    ids[:, 0] = NULL
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, 1:1 + len(r)] = torch.frombuffer(bytearray(r), dtype=torch.uint8).long()
+    return ids.to(device), (ids != PAD).to(device)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of q (B, N, C) over k, v (B, L, C), keys where mask (B, L) is True."""
+    b, n, c = q.shape
+    split = lambda t: t.view(b, t.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
+    y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
+    return y.transpose(1, 2).reshape(b, n, c)
+
+
+class TextBlock(nn.Module):
+    """A pre-norm transformer block over the caption's positions (padding masked out)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = t + self.proj(_attend(*self.qkv(self.norm1(t)).chunk(3, dim=-1), mask, self.heads))
+        return t + self.mlp(self.norm2(t))
+
+
+class CaptionEncoder(nn.Module):
+    """Bytes -> states: an embedding of the 256 byte values, NULL and PAD, learned positions, `layers` blocks."""
+
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.embed = nn.Embedding(258, dim)
+        self.pos = nn.Parameter(torch.randn(1 + max_len, dim) * 0.02)
+        self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = self.embed(ids) + self.pos[: ids.shape[1]]
+        for block in self.blocks:
+            t = block(t, mask)
+        return self.norm(t)
+
+
+class CrossAttention(nn.Module):
+    """The feature map (B, C, h, w) reads the caption's states: queries from the map (with its 2-D positions),
+    keys and values from the states; the output projection starts at zero, so that a block added to a
+    trained decoder leaves its images as they were until it learns."""
+
+    def __init__(self, ch: int, text_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm, self.q = nn.GroupNorm(1, ch, eps=1e-6), nn.Linear(ch, ch)
+        self.kv, self.proj = nn.Linear(text_dim, 2 * ch), nn.Linear(ch, ch)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """pos (h * w, C): the map's fixed positions."""
+        b, c, h, w = x.shape
+        t = self.norm(x).flatten(2).transpose(1, 2) + pos.to(x.dtype)
+        k, v = self.kv(states).chunk(2, dim=-1)
+        y = self.proj(_attend(self.q(t), k, v, mask, self.heads))
+        return x + y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class CaptionReader(nn.Module):
+    """The caption encoder and one cross-attention per decoder level (`widths`: their channels)."""
+
+    def __init__(self, widths: Sequence[int], dim: int, layers: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.text = CaptionEncoder(dim, layers, heads, max_len)
+        self.attn = nn.ModuleList(CrossAttention(ch, dim, heads) for ch in widths)
+
+    def read(self, captions: Sequence[str | None] | None, batch: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states and mask of `captions` (None: the null caption for every image of the batch)."""
+        if captions is None:
+            captions = [None] * batch
+        elif len(captions) != batch:
+            raise ValueError(f"{len(captions)} captions for {batch} images")
+        ids, mask = caption_batch(captions, self.text.max_len, device)
+        return self.text(ids, mask), mask
