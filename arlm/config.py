@@ -124,6 +124,8 @@ class TokenizerConfig:
     caption_layers: int = 2
     caption_heads: int = 4
     caption_len: int = 96
+    # transformer blocks over the token grid and the caption in one sequence, before the middle block
+    caption_blocks: int = 0
     norm: str = "group"  # group | none
     mid_attn: bool = False  # self-attention at the lowest resolution
     stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size

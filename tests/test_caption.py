@@ -23,7 +23,7 @@ from arlm.training.tokenizer import train
 from conftest import tiny_cfg
 
 CAPTION = ["decoder_only=true", "tokenizer.caption=decoder", "tokenizer.caption_dim=16", "tokenizer.caption_heads=2",
-           "tokenizer.caption_len=64", "data.crop_size=null"]
+           "tokenizer.caption_len=64", "tokenizer.caption_blocks=1", "data.crop_size=null"]
 
 
 def _images(synth_dir, n=4):

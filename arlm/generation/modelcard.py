@@ -157,8 +157,9 @@ def describe(report: dict) -> str:
         lines.append(f"  tokenizer  {tok['error']}")
     elif tok:
         t = tok.get("tokenizer") or {}
+        reads = ", its decoder reads the caption" if t.get("caption", "none") != "none" else ""
         lines.append(f"  tokenizer  {t.get('quantizer')}, {t.get('codebook_size')} codes, /{t.get('downsample')}, "
-                     f"{params(tok.get('parameters'))} ({tok.get('path')})")
+                     f"{params(tok.get('parameters'))}{reads} ({tok.get('path')})")
     stages = card.get("stages") or report.get("lineage") or []
     if stages:
         lines.append("  stages     " + " -> ".join(f"{s.get('stage')} {s.get('step')}" for s in stages))

@@ -123,12 +123,17 @@ class CrossAttention(nn.Module):
 
 
 class CaptionReader(nn.Module):
-    """The caption encoder and one cross-attention per decoder level (`widths`: their channels)."""
+    """The caption encoder, one cross-attention per decoder level (`widths`: their channels, the token grid's
+    first) and `joint`: blocks over one sequence of the token grid's positions and the caption's (the states
+    projected to the grid's width by `into`), where letters and places can find each other in both directions."""
 
-    def __init__(self, widths: Sequence[int], dim: int, layers: int, heads: int, max_len: int) -> None:
+    def __init__(self, widths: Sequence[int], dim: int, layers: int, heads: int, max_len: int,
+                 joint: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.text = CaptionEncoder(dim, layers, heads, max_len)
         self.attn = nn.ModuleList(CrossAttention(ch, dim, heads) for ch in widths)
+        self.joint = nn.ModuleList(joint)
+        self.into = nn.Linear(dim, widths[0]) if joint else None
 
     def read(self, captions: Sequence[str | None] | None, batch: int, device: torch.device
              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,10 +97,12 @@ class GridBlock(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B, N, C)
+    def forward(self, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """t (B, N, C); mask (B, N): the positions that may be attended to (None: all)."""
         b, n, c = t.shape
         q, k, v = self.qkv(self.norm1(t)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        keep = None if mask is None else mask[:, None, None, :]
+        t = t + self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, n, c))
         return t + self.mlp(self.norm2(t))
 
 
@@ -181,17 +183,29 @@ class Decoder(nn.Module):
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 12, 3, padding=1), nn.PixelShuffle(2))
         else:
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
-        self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads, cfg.caption_len) \
-            if cfg.caption == "decoder" else None
+        self.caption = None
+        if cfg.caption == "decoder":
+            joint = [GridBlock(widths[0], cfg.caption_heads) for _ in range(cfg.caption_blocks)]
+            self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads,
+                                         cfg.caption_len, joint)
 
     def forward(self, z: torch.Tensor, captions: Sequence[str | None] | None = None) -> torch.Tensor:
         """z (B, d, h, w) -> (B, 3, H, W); `captions` (B strings, None or "" for the null caption) are read by
         a caption-aware decoder and ignored by another; None: the null caption for every image."""
-        h = self.mid(self.context(self.inp(z)))
+        h = self.context(self.inp(z))
         if self.caption is None:
-            return self.out(self.up(h))
+            return self.out(self.up(self.mid(h)))
         states, mask = self.caption.read(captions, len(z), z.device)
         states = states.to(h.dtype)
+        if self.caption.joint:  # the token grid and the caption in one sequence: each attends to both
+            b, c, gh, gw = h.shape
+            pos = grid_positions(gh, gw, c, h.device).to(h.dtype)
+            t = torch.cat([h.flatten(2).transpose(1, 2) + pos, self.caption.into(states)], dim=1)
+            both = torch.cat([torch.ones(b, gh * gw, dtype=torch.bool, device=h.device), mask], dim=1)
+            for block in self.caption.joint:
+                t = block(t, both)
+            h = (t[:, :gh * gw] - pos).transpose(1, 2).reshape(b, c, gh, gw)
+        h = self.mid(h)
         read = lambda x, i: self.caption.attn[i](x, states, mask, grid_positions(*x.shape[-2:], x.shape[1], x.device))  # noqa: E731
         h = read(h, 0)
         for j, layer in enumerate(self.up):
@@ -235,6 +249,8 @@ def check_config(cfg: TokenizerConfig) -> None:
     if cfg.caption not in ("none", "decoder"):
         raise ConfigError(f"tokenizer.caption must be none or decoder, got {cfg.caption!r}")
     if cfg.caption != "none":
+        if cfg.caption_blocks < 0:
+            raise ConfigError(f"tokenizer.caption_blocks must be at least 0, got {cfg.caption_blocks}")
         if cfg.caption_dim < 1 or cfg.caption_layers < 0 or cfg.caption_heads < 1 or cfg.caption_len < 1:
             raise ConfigError(f"tokenizer.caption_dim, caption_heads and caption_len must be at least 1 and "
                               f"caption_layers at least 0; got {cfg.caption_dim}, {cfg.caption_heads}, "
