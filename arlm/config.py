@@ -126,6 +126,9 @@ class TokenizerConfig:
     caption_len: int = 96
     # transformer blocks over the token grid and the caption in one sequence, before the middle block
     caption_blocks: int = 0
+    # the reader also gets each byte's glyph (drawn in the project's font) and, for text in double quotes, each
+    # letter's place in its span, and each map position its share of the width and height
+    caption_glyphs: bool = False
     norm: str = "group"  # group | none
     mid_attn: bool = False  # self-attention at the lowest resolution
     stem_patch: bool = False  # first level at half resolution (2x2 space-to-depth): cheaper at full size

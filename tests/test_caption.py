@@ -16,14 +16,15 @@ from arlm.config import TokenizerConfig
 from arlm.data.shards import SkipCounter, expand, raw_samples, read_shards
 from arlm.errors import ConfigError, UserError
 from arlm.generation.judged import Judged, decode_and_judge
-from arlm.tokenizer.caption import NULL, PAD, caption_batch, caption_bytes
+from arlm.tokenizer.caption import GLYPH, NULL, PAD, caption_batch, caption_bytes, glyph_bitmaps, quoted_spans
 from arlm.tokenizer.codec import load_tokenizer
 from arlm.tokenizer.model import Tokenizer
 from arlm.training.tokenizer import train
 from conftest import tiny_cfg
 
 CAPTION = ["decoder_only=true", "tokenizer.caption=decoder", "tokenizer.caption_dim=16", "tokenizer.caption_heads=2",
-           "tokenizer.caption_len=64", "tokenizer.caption_blocks=1", "data.crop_size=null"]
+           "tokenizer.caption_len=64", "tokenizer.caption_blocks=1", "tokenizer.caption_glyphs=true",
+           "data.crop_size=null"]
 
 
 def _images(synth_dir, n=4):
@@ -48,6 +49,21 @@ def test_caption_bytes_and_batches():
     assert caption_bytes("é", 4) == "é".encode()  # bytes, not characters
     with pytest.raises(UserError, match="UTF-8"):
         caption_bytes("bad \ud800", 16)
+
+
+def test_glyphs_and_quoted_spans():
+    bitmaps = glyph_bitmaps()
+    assert bitmaps.shape == (258, GLYPH * GLYPH) and bitmaps.min() >= 0 and bitmaps.max() <= 1
+    assert bitmaps[ord("A")].sum() > 0 and bitmaps[ord(" ")].sum() == 0 and bitmaps[NULL].sum() == 0
+    assert not torch.equal(bitmaps[ord("O")], bitmaps[ord("Q")])
+    ids, _ = caption_batch(['the word "CAT" in red', "a red circle", 'say "" and "HI'], 96)
+    spans = quoted_spans(ids)
+    inside = spans[..., 0].bool()
+    assert inside[0].nonzero().flatten().tolist() == [11, 12, 13]  # C, A, T after NULL and 'the word "'
+    assert torch.allclose(spans[0, 11:14, 1], torch.full((3,), 3 / 8))
+    assert torch.allclose(spans[0, 12, 2], torch.tensor(1.0))  # the middle letter: sin(pi / 2)
+    assert not inside[1].any() and not inside[2].any()  # no quotes; an empty pair and an unclosed one
+    assert not torch.equal(spans[0, 11], spans[0, 13])  # the first and last letters: mirrored places differ
 
 
 def test_the_caption_reader_starts_as_the_identity_and_learns(tmp_path, synth_dir, tiny_run, caption_run):

@@ -58,6 +58,10 @@ def test_unknown_root():
     ("decoder", ["tokenizer=gen_dec", "trainer=tokenizer_dec", "decoder_only=true"]),
     ("decoder_post", ["tokenizer=gen_dec", "trainer=tokenizer_post", "decoder_only=true", "data.crop_size=null",
                       "data.batch_size=8"]),
+    ("caption", ["tokenizer=gen_cap", "trainer=tokenizer_dec", "decoder_only=true", "data.crop_size=null",
+                 "data.batch_size=8"]),
+    ("caption_post", ["tokenizer=gen_cap", "trainer=tokenizer_post", "decoder_only=true", "data.crop_size=null",
+                      "data.batch_size=8"]),
 ])
 def test_a_tokenizer_stage_is_its_parts_in_one_switch(stage, parts):
     """`stage=NAME` (conf/stage/) composes the config its parts give, and what the command line sets still wins."""

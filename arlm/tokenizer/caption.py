@@ -27,7 +27,55 @@ from arlm.errors import UserError
 from arlm.log import log
 
 NULL, PAD = 256, 257  # after the 256 byte values
+QUOTE = ord('"')
+GLYPH = 12  # side of the bitmap each printable byte is drawn in (`glyph_bitmaps`)
+FREQS = 8  # sine-cosine pairs of a place's share of its quoted span, and of a map position's share of its side
 _warned = False
+
+
+def glyph_bitmaps() -> torch.Tensor:
+    """(258, GLYPH * GLYPH) in [0, 1]: each printable ASCII byte drawn in the project's font, centred in a GLYPH
+    square (other bytes, NULL and PAD: zeros). What a letter looks like, for a reader that must draw it."""
+    from PIL import Image, ImageDraw
+
+    from arlm.assets import bold_font
+
+    font, out = bold_font(GLYPH - 1), torch.zeros(258, GLYPH * GLYPH)
+    for b in range(33, 127):
+        img = Image.new("L", (GLYPH, GLYPH))
+        x0, y0, x1, y1 = font.getbbox(chr(b))
+        ImageDraw.Draw(img).text(((GLYPH - (x1 - x0)) // 2 - x0, (GLYPH - (y1 - y0)) // 2 - y0), chr(b), fill=255,
+                                 font=font)
+        out[b] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255
+    return out
+
+
+def _waves(share: torch.Tensor) -> torch.Tensor:
+    """share (...,) in [0, 1] -> (..., 2 * FREQS): sin and cos of pi * k * share, k = 1..FREQS."""
+    angles = share[..., None] * torch.pi * torch.arange(1, FREQS + 1, dtype=torch.float32, device=share.device)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def quoted_spans(ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + L) bytes -> (B, 1 + L, 2 + 2 * FREQS): per byte inside a pair of double quotes (the text a prompt
+    asks to be written, as text-rendering systems take it), 1, its span's length / 8 and the waves of its place's
+    share of the span ((i + 0.5) / n); zeros elsewhere."""
+    feats = torch.zeros(*ids.shape, 2 + 2 * FREQS)
+    for row, seq in enumerate(ids.tolist()):
+        quotes = [i for i, b in enumerate(seq) if b == QUOTE]
+        for start, end in zip(quotes[::2], quotes[1::2]):
+            n = end - start - 1
+            if n > 0:
+                place = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+                feats[row, start + 1:end] = torch.cat([torch.ones(n, 1), torch.full((n, 1), n / 8), _waves(place)], 1)
+    return feats.to(ids.device)
+
+
+def map_waves(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(h * w, 4 * FREQS): the waves of each position's share of the map's width and of its height."""
+    col = _waves((torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w)
+    row = _waves((torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h)
+    return torch.cat([col[None].expand(h, w, -1), row[:, None].expand(h, w, -1)], dim=-1).reshape(h * w, -1)
 
 
 def caption_bytes(caption: str, max_len: int) -> bytes:
@@ -83,18 +131,26 @@ class TextBlock(nn.Module):
 
 
 class CaptionEncoder(nn.Module):
-    """Bytes -> states: an embedding of the 256 byte values, NULL and PAD, learned positions, `layers` blocks."""
+    """Bytes -> states: an embedding of the 256 byte values, NULL and PAD, learned positions, `layers` blocks.
+    With `glyphs`, each byte's embedding also has its glyph's bitmap (projected) and each byte in quotes where it
+    stands in its span (`quoted_spans`, projected): what to draw and in which part of the word."""
 
-    def __init__(self, dim: int, layers: int, heads: int, max_len: int) -> None:
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int, glyphs: bool = False) -> None:
         super().__init__()
         self.max_len = max_len
         self.embed = nn.Embedding(258, dim)
         self.pos = nn.Parameter(torch.randn(1 + max_len, dim) * 0.02)
+        if glyphs:
+            self.register_buffer("bitmaps", glyph_bitmaps())
+            self.glyph, self.span = nn.Linear(GLYPH * GLYPH, dim), nn.Linear(2 + 2 * FREQS, dim)
+        self.glyphs = glyphs
         self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         t = self.embed(ids) + self.pos[: ids.shape[1]]
+        if self.glyphs:
+            t = t + self.glyph(self.bitmaps[ids]) + self.span(quoted_spans(ids))
         for block in self.blocks:
             t = block(t, mask)
         return self.norm(t)
@@ -105,10 +161,12 @@ class CrossAttention(nn.Module):
     keys and values from the states; the output projection starts at zero, so that a block added to a
     trained decoder leaves its images as they were until it learns."""
 
-    def __init__(self, ch: int, text_dim: int, heads: int) -> None:
+    def __init__(self, ch: int, text_dim: int, heads: int, waves: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.norm, self.q = nn.GroupNorm(1, ch, eps=1e-6), nn.Linear(ch, ch)
+        # with glyphs: each position's share of the width and height too, on the scale of `quoted_spans`
+        self.where = nn.Linear(4 * FREQS, ch) if waves else None
         self.kv, self.proj = nn.Linear(text_dim, 2 * ch), nn.Linear(ch, ch)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -117,6 +175,8 @@ class CrossAttention(nn.Module):
         """pos (h * w, C): the map's fixed positions."""
         b, c, h, w = x.shape
         t = self.norm(x).flatten(2).transpose(1, 2) + pos.to(x.dtype)
+        if self.where is not None:
+            t = t + self.where(map_waves(h, w, x.device).to(x.dtype))
         k, v = self.kv(states).chunk(2, dim=-1)
         y = self.proj(_attend(self.q(t), k, v, mask, self.heads))
         return x + y.transpose(1, 2).reshape(b, c, h, w)
@@ -128,10 +188,10 @@ class CaptionReader(nn.Module):
     projected to the grid's width by `into`), where letters and places can find each other in both directions."""
 
     def __init__(self, widths: Sequence[int], dim: int, layers: int, heads: int, max_len: int,
-                 joint: Sequence[nn.Module] = ()) -> None:
+                 joint: Sequence[nn.Module] = (), glyphs: bool = False) -> None:
         super().__init__()
-        self.text = CaptionEncoder(dim, layers, heads, max_len)
-        self.attn = nn.ModuleList(CrossAttention(ch, dim, heads) for ch in widths)
+        self.text = CaptionEncoder(dim, layers, heads, max_len, glyphs)
+        self.attn = nn.ModuleList(CrossAttention(ch, dim, heads, glyphs) for ch in widths)
         self.joint = nn.ModuleList(joint)
         self.into = nn.Linear(dim, widths[0]) if joint else None
 

@@ -187,7 +187,7 @@ class Decoder(nn.Module):
         if cfg.caption == "decoder":
             joint = [GridBlock(widths[0], cfg.caption_heads) for _ in range(cfg.caption_blocks)]
             self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads,
-                                         cfg.caption_len, joint)
+                                         cfg.caption_len, joint, cfg.caption_glyphs)
 
     def forward(self, z: torch.Tensor, captions: Sequence[str | None] | None = None) -> torch.Tensor:
         """z (B, d, h, w) -> (B, 3, H, W); `captions` (B strings, None or "" for the null caption) are read by

@@ -324,7 +324,7 @@ def train_mode(model: Tokenizer, decoder_only: bool) -> None:
 
 
 DECODER_KEYS = ("decoder_channels", "decoder_res_blocks", "decoder_attn", "decoder_heads", "caption", "caption_dim",
-                "caption_layers", "caption_heads", "caption_len", "caption_blocks", "loss")
+                "caption_layers", "caption_heads", "caption_len", "caption_blocks", "caption_glyphs", "loss")
 
 
 def load_frozen(model: Tokenizer, init: Path) -> None:
