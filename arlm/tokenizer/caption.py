@@ -78,16 +78,21 @@ def map_waves(h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.cat([col[None].expand(h, w, -1), row[:, None].expand(h, w, -1)], dim=-1).reshape(h * w, -1)
 
 
-def caption_bytes(caption: str, max_len: int) -> bytes:
-    """A caption's UTF-8 bytes, cut to `max_len`; a UserError for text that has no UTF-8 form (a lone
-    surrogate, as a JSON escape can carry)."""
-    global _warned
+def utf8(caption: str) -> bytes:
+    """A caption's UTF-8 bytes; a UserError for what is not text or has no UTF-8 form (a lone surrogate, as a
+    JSON escape can carry)."""
     if not isinstance(caption, str):
-        raise UserError(f"a caption must be text, got {type(caption).__name__}")
+        raise UserError(f"a caption must be a string, got {type(caption).__name__}")
     try:
-        data = caption.encode("utf-8")
+        return caption.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UserError(f"caption {caption[:40]!r} is not valid UTF-8 text ({e.reason} at {e.start})") from None
+        raise UserError(f"the caption is not valid UTF-8 text ({e.reason} at character {e.start})") from None
+
+
+def caption_bytes(caption: str, max_len: int) -> bytes:
+    """A caption's UTF-8 bytes (`utf8`), cut to `max_len`."""
+    global _warned
+    data = utf8(caption)
     if len(data) > max_len and not _warned:
         log.warning("a caption of %d bytes was cut to the decoder's %d (tokenizer.caption_len)", len(data), max_len)
         _warned = True

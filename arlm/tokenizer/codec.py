@@ -41,6 +41,7 @@ from arlm.errors import UserError
 from arlm.log import log, progress
 from arlm.perf import resolve_precision
 from arlm.synth import parse_size
+from arlm.tokenizer.caption import utf8
 from arlm.tokenizer.model import Tokenizer, from_unit, to_unit
 
 KIND = "tokenizer"
@@ -139,12 +140,7 @@ def line_caption(line: str, caption: str | None, max_len: int | None) -> str | N
         caption = json.loads(line).get("caption")
     if caption is None:
         return None
-    if not isinstance(caption, str):
-        raise UserError(f"'caption' must be a string, got {type(caption).__name__}")
-    try:
-        size = len(caption.encode("utf-8"))
-    except UnicodeEncodeError as e:
-        raise UserError(f"the caption is not valid UTF-8 text ({e.reason} at character {e.start})") from None
+    size = len(utf8(caption))
     if max_len is not None and size > max_len:
         raise UserError(f"the caption has {size} bytes; this tokenizer reads at most {max_len} "
                         f"(tokenizer.caption_len)")

@@ -9,6 +9,7 @@ projection to the quantizer's few dimensions and back. `len(channel_mult)` level
 Measured on a 2-core CPU (docs/results.md): normalisation at full resolution is the costliest part of the
 network, so `norm` can be GroupNorm (taming) or none, and `stem_patch` lets the first level start at half
 resolution (a 2x2 space-to-depth of the pixels, lossless) instead of running convolutions at full size.
+With `caption=decoder` the decoder also reads the image's caption (arlm.tokenizer.caption).
 
 Images enter as floats in [-1, 1] (`to_unit` / `from_unit` convert uint8). Shapes: x (B, 3, H, W),
 z (B, d, H/f, W/f), indices (B, H/f, W/f).
