@@ -25,6 +25,7 @@ from torch import nn
 
 from arlm.errors import UserError
 from arlm.log import log
+from arlm.tokenizer.blocks import Block
 
 NULL, PAD = 256, 257  # after the 256 byte values
 QUOTE = ord('"')
@@ -120,21 +121,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return y.transpose(1, 2).reshape(b, n, c)
 
 
-class TextBlock(nn.Module):
-    """A pre-norm transformer block over the caption's positions (padding masked out)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        t = t + self.proj(_attend(*self.qkv(self.norm1(t)).chunk(3, dim=-1), mask, self.heads))
-        return t + self.mlp(self.norm2(t))
-
-
 class CaptionEncoder(nn.Module):
     """Bytes -> states: an embedding of the 256 byte values, NULL and PAD, learned positions, `layers` blocks.
     With `glyphs`, each byte's embedding also has its glyph's bitmap (projected) and each byte in quotes where it
@@ -149,7 +135,7 @@ class CaptionEncoder(nn.Module):
             self.register_buffer("bitmaps", glyph_bitmaps())
             self.glyph, self.span = nn.Linear(GLYPH * GLYPH, dim), nn.Linear(2 + 2 * FREQS, dim)
         self.glyphs = glyphs
-        self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, zero_init=False) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 from arlm.config import TokenizerConfig
 from arlm.errors import ConfigError
 from arlm.quantizers import FSQ, LFQ, VectorQuantizer
+from arlm.tokenizer.blocks import Block, grid_positions
 from arlm.tokenizer.caption import CaptionReader
 
 
@@ -70,50 +71,13 @@ class AttnBlock(nn.Module):
         return x + self.proj(y)
 
 
-def grid_positions(h: int, w: int, ch: int, device: torch.device) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions (h * w, ch) for any grid: a quarter of the channels each for sin and cos
-    of the row and of the column, at geometric frequencies (MAE's 2-D form of the transformer's)."""
-    quarter = ch // 4
-    freq = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1))
-    rows = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freq  # (h, quarter)
-    cols = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freq  # (w, quarter)
-    pos = torch.cat([rows.sin()[:, None].expand(h, w, quarter), rows.cos()[:, None].expand(h, w, quarter),
-                     cols.sin()[None].expand(h, w, quarter), cols.cos()[None].expand(h, w, quarter)], dim=-1)
-    return F.pad(pos.reshape(h * w, 4 * quarter), (0, ch - 4 * quarter))
-
-
-class GridBlock(nn.Module):
-    """A pre-norm transformer block (multi-head self-attention, then an MLP) over every position of the
-    decoder's lowest-resolution grid, so that what a position draws can depend on the whole image's tokens
-    rather than on its neighbours' alone. Both branches end in zero-initialised projections: a block added to a
-    trained decoder starts as the identity."""
-
-    def __init__(self, ch: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.qkv, self.proj = nn.LayerNorm(ch), nn.Linear(ch, 3 * ch), nn.Linear(ch, ch)
-        self.norm2 = nn.LayerNorm(ch)
-        self.mlp = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
-        for layer in (self.proj, self.mlp[-1]):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """t (B, N, C); mask (B, N): the positions that may be attended to (None: all)."""
-        b, n, c = t.shape
-        q, k, v = self.qkv(self.norm1(t)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        keep = None if mask is None else mask[:, None, None, :]
-        t = t + self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, n, c))
-        return t + self.mlp(self.norm2(t))
-
-
 class GridContext(nn.Module):
-    """`decoder_attn` GridBlocks on the feature map (B, C, h, w); the positions are added before the first and taken
+    """`decoder_attn` Blocks on the feature map (B, C, h, w); the positions are added before the first and taken
     off after the last, so that blocks at their initial zeros leave the map as it was."""
 
     def __init__(self, ch: int, blocks: int, heads: int) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(GridBlock(ch, heads) for _ in range(blocks))
+        self.blocks = nn.ModuleList(Block(ch, heads) for _ in range(blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -186,7 +150,7 @@ class Decoder(nn.Module):
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
         self.caption = None
         if cfg.caption == "decoder":
-            joint = [GridBlock(widths[0], cfg.caption_heads) for _ in range(cfg.caption_blocks)]
+            joint = [Block(widths[0], cfg.caption_heads) for _ in range(cfg.caption_blocks)]
             self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads,
                                          cfg.caption_len, joint, cfg.caption_glyphs)
 
