@@ -20,6 +20,16 @@ def grid_positions(h: int, w: int, ch: int, device: torch.device) -> torch.Tenso
     return F.pad(pos.reshape(h * w, 4 * quarter), (0, ch - 4 * quarter))
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """Multi-head attention of q (B, N, C) over k, v (B, L, C); mask (B, L): the keys that may be attended to
+    (None: all)."""
+    b, n, c = q.shape
+    split = lambda t: t.view(b, t.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
+    keep = None if mask is None else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=keep).transpose(1, 2).reshape(b, n, c)
+
+
 class Block(nn.Module):
     """A pre-norm transformer block (multi-head self-attention, then an MLP) over a sequence: the positions of the
     decoder's lowest-resolution grid (so that what a position draws can depend on the whole image's tokens
@@ -38,8 +48,5 @@ class Block(nn.Module):
 
     def forward(self, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """t (B, N, C); mask (B, N): the positions that may be attended to (None: all)."""
-        b, n, c = t.shape
-        q, k, v = self.qkv(self.norm1(t)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        keep = None if mask is None else mask[:, None, None, :]
-        t = t + self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, n, c))
+        t = t + self.proj(attend(*self.qkv(self.norm1(t)).chunk(3, dim=-1), self.heads, mask))
         return t + self.mlp(self.norm2(t))

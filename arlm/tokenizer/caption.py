@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from arlm.errors import UserError
 from arlm.log import log
-from arlm.tokenizer.blocks import Block
+from arlm.tokenizer.blocks import Block, attend
 
 NULL, PAD = 256, 257  # after the 256 byte values
 QUOTE = ord('"')
@@ -113,14 +112,6 @@ def caption_batch(captions: Sequence[str | None], max_len: int, device: torch.de
     return ids.to(device), (ids != PAD).to(device)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention of q (B, N, C) over k, v (B, L, C), keys where mask (B, L) is True."""
-    b, n, c = q.shape
-    split = lambda t: t.view(b, t.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
-    y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
-    return y.transpose(1, 2).reshape(b, n, c)
-
-
 class CaptionEncoder(nn.Module):
     """Bytes -> states: an embedding of the 256 byte values, NULL and PAD, learned positions, `layers` blocks.
     With `glyphs`, each byte's embedding also has its glyph's bitmap (projected) and each byte in quotes where it
@@ -169,22 +160,23 @@ class CrossAttention(nn.Module):
         if self.where is not None:
             t = t + self.where(map_waves(h, w, x.device).to(x.dtype))
         k, v = self.kv(states).chunk(2, dim=-1)
-        y = self.proj(_attend(self.q(t), k, v, mask, self.heads))
+        y = self.proj(attend(self.q(t), k, v, self.heads, mask))
         return x + y.transpose(1, 2).reshape(b, c, h, w)
 
 
 class CaptionReader(nn.Module):
     """The caption encoder, one cross-attention per decoder level (`widths`: their channels, the token grid's
-    first) and `joint`: blocks over one sequence of the token grid's positions and the caption's (the states
-    projected to the grid's width by `into`), where letters and places can find each other in both directions."""
+    first) and `joint` (None: none): blocks over one sequence of the token grid's positions and the caption's
+    (the states projected to the grid's width by `into`), where letters and places can find each other in both
+    directions."""
 
     def __init__(self, widths: Sequence[int], dim: int, layers: int, heads: int, max_len: int,
-                 joint: Sequence[nn.Module] = (), glyphs: bool = False) -> None:
+                 joint: nn.Module | None = None, glyphs: bool = False) -> None:
         super().__init__()
         self.text = CaptionEncoder(dim, layers, heads, max_len, glyphs)
         self.attn = nn.ModuleList(CrossAttention(ch, dim, heads, glyphs) for ch in widths)
-        self.joint = nn.ModuleList(joint)
-        self.into = nn.Linear(dim, widths[0]) if joint else None
+        self.joint = joint
+        self.into = nn.Linear(dim, widths[0]) if joint is not None else None
 
     def read(self, captions: Sequence[str | None] | None, batch: int, device: torch.device
              ) -> tuple[torch.Tensor, torch.Tensor]:

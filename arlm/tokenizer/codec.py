@@ -133,11 +133,12 @@ def parse_grid(line: str, codebook_size: int) -> torch.Tensor:
     return grid
 
 
-def line_caption(line: str, caption: str | None, max_len: int | None) -> str | None:
-    """The caption to decode a line with: `caption` when given, else the line's `caption` field (a string), else
-    None; a UserError for one that is not text, has no UTF-8 form or is longer than `max_len` bytes (None: any)."""
+def line_caption(obj: dict, caption: str | None, max_len: int | None) -> str | None:
+    """The caption to decode a line (`obj`, its JSON object) with: `caption` when given, else the line's `caption`
+    field (a string), else None; a UserError for one that is not text, has no UTF-8 form or is longer than
+    `max_len` bytes (None: any)."""
     if caption is None:
-        caption = json.loads(line).get("caption")
+        caption = obj.get("caption")
     if caption is None:
         return None
     size = len(utf8(caption))
@@ -160,9 +161,9 @@ def detokenize(tok: Loaded, lines: Iterable[str], out_dir: str | Path, caption: 
             continue
         try:
             grid = parse_grid(line, tok.model.codebook_size)
-            text = line_caption(line, caption, max_len)
-            image = tok.decode(grid.unsqueeze(0), [text])[0].permute(1, 2, 0).numpy()
-            src = json.loads(line).get("path")
+            obj = json.loads(line)  # a JSON object: parse_grid has checked it
+            image = tok.decode(grid.unsqueeze(0), [line_caption(obj, caption, max_len)])[0].permute(1, 2, 0).numpy()
+            src = obj.get("path")
             name = f"{n:06d}" + (f"-{_safe_stem(src)}" if isinstance(src, str) and src else "") + ".png"
             path = out / name
             Image.fromarray(image).save(path)

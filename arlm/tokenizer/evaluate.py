@@ -38,7 +38,6 @@ def _mean(values: list[float]) -> float:
 def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None = None, batch_size: int = 50,
                    judge: bool = True, jpeg: bool = True, judge_cfg: JudgeConfig = JudgeConfig(),
                    captions: bool = True) -> dict:
-    use_captions = captions
     h, w = parse_size(size)
     if h % tok.model.stride or w % tok.model.stride:
         raise UserError(f"--size {size} is not a multiple of the tokenizer's stride {tok.model.stride}")
@@ -53,16 +52,16 @@ def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None
     with progress() as bar:
         task = bar.add_task("encode/decode", total=limit, info="")
         for batch in loader:
-            images, captions = batch["image"], batch["caption"]
+            images, texts = batch["image"], batch["caption"]
             if limit is not None:
-                images, captions = images[: limit - n], captions[: limit - n]
+                images, texts = images[: limit - n], texts[: limit - n]
             tokens = tok.encode(images)  # (B, gh, gw)
-            out = tok.decode(tokens, list(captions) if use_captions else None)  # (B, 3, H, W) uint8
+            out = tok.decode(tokens, list(texts) if captions else None)  # (B, 3, H, W) uint8
             counts += torch.bincount(tokens.flatten(), minlength=tok.model.codebook_size)
             ours_psnr += psnr(images, out).clamp(max=PSNR_CAP).tolist()
             ours_ssim += ssim(images, out).tolist()
             decoded = []
-            for img, rec, cap in zip(images, out, captions):
+            for img, rec, cap in zip(images, out, texts):
                 if jpeg:
                     q, bpp, dec = jpeg_near_bpp(Image.fromarray(img.permute(1, 2, 0).numpy()), rate)
                     decoded.append(torch.from_numpy(np.asarray(dec).copy()).permute(2, 0, 1))
@@ -85,7 +84,7 @@ def eval_tokenizer(tok: Loaded, shards: str, size: str = "64", limit: int | None
         "codebook_size": tok.model.codebook_size, "tokens": int(counts.sum()),
         "psnr": _mean(ours_psnr), "ssim": _mean(ours_ssim),
         "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(-(p * p.log()).sum())),
-        "bpp": rate, "captions": "read" if tok.reads_captions and use_captions else
+        "bpp": rate, "captions": "read" if tok.reads_captions and captions else
         ("withheld" if tok.reads_captions else "not read"),
     }
     if jpeg:

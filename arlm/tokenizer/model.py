@@ -72,20 +72,25 @@ class AttnBlock(nn.Module):
 
 
 class GridContext(nn.Module):
-    """`decoder_attn` Blocks on the feature map (B, C, h, w); the positions are added before the first and taken
-    off after the last, so that blocks at their initial zeros leave the map as it was."""
+    """Blocks on the feature map (B, C, h, w) (`decoder_attn`; `caption_blocks`, with the caption's states as
+    `extra` positions of the sequence, `mask` their keys that may be attended to); the positions are added
+    before the first and taken off after the last, so that blocks at their initial zeros leave the map as it was."""
 
     def __init__(self, ch: int, blocks: int, heads: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(ch, heads) for _ in range(blocks))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
         b, c, h, w = x.shape
         pos = grid_positions(h, w, c, x.device).to(x.dtype)
         t = x.flatten(2).transpose(1, 2) + pos
+        if extra is not None:  # the map's own positions are always attended to
+            t = torch.cat([t, extra], dim=1)
+            mask = torch.cat([torch.ones(b, h * w, dtype=torch.bool, device=x.device), mask], dim=1)
         for block in self.blocks:
-            t = block(t)
-        return (t - pos).transpose(1, 2).reshape(b, c, h, w)
+            t = block(t, mask)
+        return (t[:, :h * w] - pos).transpose(1, 2).reshape(b, c, h, w)
 
 
 def _mid(ch: int, cfg: TokenizerConfig) -> nn.Sequential:
@@ -150,7 +155,7 @@ class Decoder(nn.Module):
             self.out = nn.Sequential(_norm(cfg.norm, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
         self.caption = None
         if cfg.caption == "decoder":
-            joint = [Block(widths[0], cfg.caption_heads) for _ in range(cfg.caption_blocks)]
+            joint = GridContext(widths[0], cfg.caption_blocks, cfg.caption_heads) if cfg.caption_blocks else None
             self.caption = CaptionReader(widths, cfg.caption_dim, cfg.caption_layers, cfg.caption_heads,
                                          cfg.caption_len, joint, cfg.caption_glyphs)
 
@@ -162,14 +167,8 @@ class Decoder(nn.Module):
             return self.out(self.up(self.mid(h)))
         states, mask = self.caption.read(captions, len(z), z.device)
         states = states.to(h.dtype)
-        if self.caption.joint:  # the token grid and the caption in one sequence: each attends to both
-            b, c, gh, gw = h.shape
-            pos = grid_positions(gh, gw, c, h.device).to(h.dtype)
-            t = torch.cat([h.flatten(2).transpose(1, 2) + pos, self.caption.into(states)], dim=1)
-            both = torch.cat([torch.ones(b, gh * gw, dtype=torch.bool, device=h.device), mask], dim=1)
-            for block in self.caption.joint:
-                t = block(t, both)
-            h = (t[:, :gh * gw] - pos).transpose(1, 2).reshape(b, c, gh, gw)
+        if self.caption.joint is not None:  # the token grid and the caption in one sequence: each attends to both
+            h = self.caption.joint(h, self.caption.into(states), mask)
         h = self.mid(h)
         read = lambda x, i: self.caption.attn[i](x, states, mask, grid_positions(*x.shape[-2:], x.shape[1], x.device))  # noqa: E731
         h = read(h, 0)
